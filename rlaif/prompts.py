@@ -1,0 +1,179 @@
+"""Stage 1, prompts: load a prompt source, clean it, split off held-out prompts, pick a round's share.
+
+Sources: the bundled set (``rlaif/data/prompts.jsonl``, with a fixed held-out split), a local
+JSONL/CSV/parquet file with a column mapping, or a ``datasets`` hub dataset. Prompts are
+deduplicated (case and whitespace folded); empty ones and ones longer than the context budget are
+skipped and counted, never a crash. Held-out prompts are never drawn for training.
+"""
+
+import csv
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rlaif.config import PromptsConfig
+from rlaif.errors import RlaifError
+
+
+@dataclass
+class PromptPool:
+    train: list[dict]  # {"id", "prompt"}
+    heldout: list[dict]
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise RlaifError(f"prompt file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".jsonl", ".ndjson"):
+            rows = []
+            with open(path, encoding="utf-8") as fh:
+                for i, line in enumerate(fh, 1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError as exc:
+                            raise RlaifError(f"{path}: line {i} is not valid JSON ({exc.msg})") from None
+            return rows
+        if suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, list):
+                raise RlaifError(f"{path}: a .json prompt file must hold a list of rows")
+            return data
+        if suffix in (".csv", ".tsv"):
+            with open(path, encoding="utf-8", newline="") as fh:
+                return list(csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ","))
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
+    except UnicodeDecodeError:
+        raise RlaifError(f"{path}: not a UTF-8 text file") from None
+    except json.JSONDecodeError as exc:
+        raise RlaifError(f"{path}: not valid JSON ({exc.msg})") from None
+    raise RlaifError(f"{path}: unsupported prompt file type '{suffix}' (use .jsonl, .json, .csv, .tsv or .parquet)")
+
+
+def _hub_rows(cfg: PromptsConfig) -> list[dict]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(cfg.path, cfg.hub_config, split=cfg.hub_split)
+    except Exception as exc:  # datasets raises many types for "not reachable / not found"
+        raise RlaifError(f"could not load hub dataset {cfg.path!r}: {str(exc).splitlines()[0]}") from None
+    return list(ds)
+
+
+def get_path(row: Any, dotted: str) -> Any:
+    """``row['instances'][0]['input']`` for ``instances.0.input``; KeyError when absent."""
+    value = row
+    for part in dotted.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, (list, tuple)) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise KeyError(dotted)
+    return value
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def _prompt_id(text: str) -> str:
+    return "h" + hashlib.sha1(normalise(text).encode()).hexdigest()[:12]
+
+
+def _is_heldout(text: str, fraction: float) -> bool:
+    digest = hashlib.sha256(("heldout:" + normalise(text)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def load_pool(cfg: PromptsConfig) -> PromptPool:
+    """All usable prompts of the source, split into train and held-out, with counts of what was skipped."""
+    if cfg.source == "bundled":
+        text = resources.files("rlaif.data").joinpath("prompts.jsonl").read_text(encoding="utf-8")
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        column, input_column, origin = "prompt", None, "the bundled prompt set"
+    else:
+        rows = _hub_rows(cfg) if cfg.source == "hub" else _read_rows(Path(cfg.path).expanduser())
+        column, input_column, origin = cfg.column, cfg.input_column, str(cfg.path)
+    if not rows:
+        raise RlaifError(f"the prompt set is empty: {origin} has no rows")
+    first = rows[0]
+    try:
+        get_path(first, column)
+    except KeyError:
+        keys = ", ".join(first) if isinstance(first, dict) else type(first).__name__
+        raise RlaifError(f"{origin}: no column '{column}' (columns: {keys}); set prompts.column") from None
+
+    counts = {"rows": len(rows), "empty": 0, "duplicates": 0}
+    seen: set[str] = set()
+    train, heldout = [], []
+    for row in rows:
+        try:
+            prompt = get_path(row, column)
+        except KeyError:
+            prompt = None
+        if not isinstance(prompt, str) or not prompt.strip():
+            counts["empty"] += 1
+            continue
+        prompt = prompt.strip()
+        if input_column:
+            try:
+                extra = get_path(row, input_column)
+            except KeyError:
+                extra = None
+            if isinstance(extra, str) and extra.strip():
+                prompt = f"{prompt}\n\n{extra.strip()}"
+        key = normalise(prompt)
+        if key in seen:
+            counts["duplicates"] += 1
+            continue
+        seen.add(key)
+        if cfg.source == "bundled":
+            item, is_heldout = {"id": row["id"], "prompt": prompt}, row.get("split") == "heldout"
+        else:
+            item, is_heldout = {"id": _prompt_id(prompt), "prompt": prompt}, _is_heldout(prompt, cfg.heldout_fraction)
+        (heldout if is_heldout else train).append(item)
+    counts.update(train=len(train), heldout=len(heldout))
+    if not train:
+        raise RlaifError(f"the prompt set is empty: {origin} has no usable training prompts ({counts})")
+    return PromptPool(train=train, heldout=heldout, counts=counts)
+
+
+def prompt_token_count(tokenizer, prompt: str) -> int:
+    messages = [{"role": "user", "content": prompt}]
+    return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+
+
+def select_round(pool: PromptPool, tokenizer, round_n: int, per_round: int, max_tokens: int, seed: int):
+    """The round's prompts: a seeded permutation of the fitting train prompts, sliced by round.
+
+    Rounds draw without replacement until the pool is used up, then start a fresh permutation.
+    Returns (prompts, counts).
+    """
+    fitting = [p for p in pool.train if prompt_token_count(tokenizer, p["prompt"]) <= max_tokens]
+    counts = {**pool.counts, "too_long": len(pool.train) - len(fitting)}
+    if not fitting:
+        raise RlaifError(
+            f"the prompt set is empty: all {len(pool.train)} training prompts are longer than "
+            f"prompts.max_prompt_tokens={max_tokens}"
+        )
+    n = min(per_round, len(fitting))
+    chosen, start = [], (round_n - 1) * n
+    while len(chosen) < n:
+        epoch, offset = divmod(start + len(chosen), len(fitting))
+        order = list(range(len(fitting)))
+        random.Random(f"{seed}:{epoch}").shuffle(order)
+        chosen.append(fitting[order[offset]])
+    counts["selected"] = len(chosen)
+    return chosen, counts

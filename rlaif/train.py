@@ -1,0 +1,110 @@
+"""Stage 5, train: TRL's DPOTrainer updates a peft LoRA adapter on the round's pairs.
+
+rlaif wraps the trainer; it does not reimplement DPO (Rafailov et al. 2023). What we decide:
+
+- **Reference model.** ``train.reference: base`` (default): the reference is the base model with the
+  adapter disabled, so there is never a second copy of the weights, and every round is anchored to
+  the same base (a KL leash against drift across rounds). Round n ≥ 2 starts its adapter from round
+  n−1's weights. ``previous``: the reference is a frozen copy of the adapter the round starts from
+  (TRL's "ref" adapter), as in iterative DPO / Self-Rewarding LMs, where iteration t+1 is trained
+  against M_t.
+- **Evidence.** TRL's own evaluation runs on the round's pairs before and after training; its
+  ``rewards/margins`` (β·[(log π − log π_ref)(chosen) − (…)(rejected)]) must move toward the chosen
+  responses. The adapter's distance from where the round started is recorded too.
+"""
+
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+from rlaif.artifacts import commit_dir
+from rlaif.config import Recipe, build_dpo_config, build_lora_config
+
+
+def to_dataset(pairs: list[dict]):
+    """Conversational preference rows for TRL: the chat template is applied by the trainer."""
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": p["prompt"]}],
+                "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                "rejected": [{"role": "assistant", "content": p["rejected"]}],
+            }
+            for p in pairs
+        ]
+    )
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _eval_metrics(trainer) -> dict:
+    out = trainer.evaluate()
+    keep = ("eval_loss", "eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen", "eval_rewards/rejected")
+    return {k.removeprefix("eval_"): out[k] for k in keep if k in out}
+
+
+def train_dpo(recipe: Recipe, model_path: str, tokenizer, pairs: list[dict], start_adapter: Path | None, out_dir: Path, work_dir: Path):
+    """Train one round's adapter and save it to ``out_dir`` (atomically). Returns (metrics, log_history)."""
+    from peft import PeftModel
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+    from trl import DPOTrainer
+
+    args = build_dpo_config(recipe, work_dir)
+    base = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=torch.float32, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code
+    )
+    dataset = to_dataset(pairs)
+    tokenizer.padding_side = "left"
+    if recipe.train.reference == "previous" and start_adapter is not None:
+        model = PeftModel.from_pretrained(base, str(start_adapter), is_trainable=True)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer)
+    else:
+        trainer = DPOTrainer(
+            model=base,
+            args=args,
+            train_dataset=dataset,
+            eval_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=build_lora_config(recipe),
+        )
+        if start_adapter is not None:  # continue from the previous round's weights, reference stays the base
+            state = load_file(str(Path(start_adapter) / "adapter_model.safetensors"))
+            result = set_peft_model_state_dict(trainer.model, state, adapter_name="default")
+            if getattr(result, "unexpected_keys", None):
+                raise RuntimeError(f"adapter of {start_adapter} does not fit this LoRA config: {result.unexpected_keys[:3]}")
+    before_state = _trainable_state(trainer.model)
+    before = _eval_metrics(trainer)
+    trainer.train()
+    after = _eval_metrics(trainer)
+    delta = math.sqrt(
+        sum(((p.detach() - before_state[n]) ** 2).sum().item() for n, p in trainer.model.named_parameters() if n in before_state)
+    )
+    tmp = out_dir.with_name(out_dir.name + ".tmp-train")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])
+    commit_dir(tmp, out_dir)
+    history = [h for h in trainer.state.log_history]
+    train_logs = [h for h in history if "loss" in h and "eval_loss" not in h]
+    metrics = {
+        "pairs": len(pairs),
+        "steps": trainer.state.global_step,
+        "loss_first": train_logs[0]["loss"] if train_logs else None,
+        "loss_last": train_logs[-1]["loss"] if train_logs else None,
+        "reward_margin_before": before.get("rewards/margins"),
+        "reward_margin_after": after.get("rewards/margins"),
+        "reward_accuracy_before": before.get("rewards/accuracies"),
+        "reward_accuracy_after": after.get("rewards/accuracies"),
+        "eval_loss_before": before.get("loss"),
+        "eval_loss_after": after.get("loss"),
+        "adapter_delta_norm": delta,
+        "reference": recipe.train.reference,
+    }
+    return metrics, history
