@@ -267,15 +267,24 @@ def record_round(s: Session, n: int) -> None:
 # ---------------------------------------------------------------- entry points
 
 
+def preflight(s: Session) -> None:
+    """Fail on bad input before the run folder is touched: model, tokenizer, prompts, constitution."""
+    from rlaif.judge import label_token_ids
+    from rlaif.prompts import load_pool
+
+    load_pool(s.recipe.prompts)
+    label_token_ids(s.tokenizer, s.constitution)  # also loads the model source's tokenizer
+
+
 def run_all(recipe: Recipe) -> RunDir:
     """All rounds of the recipe, continuing from the last completed stage of an existing run folder."""
     from rlaif.tracking import Tracker
 
     s = Session(recipe)
+    preflight(s)
     with s.run.lock():
         s.run.clean_tmp()
         manifest = open_manifest(s)
-        _ = s.model_path  # fail early on a missing model, before any stage runs
         tracker = Tracker(recipe.wandb, s.run.root, manifest.get("wandb_run_id"), manifest["recipe"])
         if tracker.run_id and tracker.run_id != manifest.get("wandb_run_id"):
             manifest["wandb_run_id"] = tracker.run_id
@@ -302,6 +311,7 @@ def run_one_stage(recipe: Recipe, stage: str, n: int | None) -> tuple[int, dict,
     ``RUN/superseded/<time>/`` first: nothing is deleted.
     """
     s = Session(recipe)
+    preflight(s)
     with s.run.lock():
         s.run.clean_tmp()
         open_manifest(s)

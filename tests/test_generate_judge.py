@@ -1,0 +1,92 @@
+import math
+
+import pytest
+import torch
+
+from rlaif.config import GenerateConfig
+from rlaif.constitution import constitution_from_dict, load_constitution
+from rlaif.errors import RlaifError
+from rlaif.generate import generate_candidates, response_logprobs
+from rlaif.judge import Comparison, ModelJudge, label_token_ids
+from rlaif.models import load_model, load_tokenizer
+
+PROMPTS = [{"id": "a", "prompt": "Say hello."}, {"id": "b", "prompt": "Explain rain to a child in one sentence please."}]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    return load_model(tiny_model), load_tokenizer(tiny_model)
+
+
+def test_generate_k_candidates_per_prompt_deterministically(tiny):
+    model, tok = tiny
+    cfg = GenerateConfig(num_candidates=3, max_new_tokens=8, batch_size=2)
+    rows = generate_candidates(model, tok, PROMPTS, cfg, seed=7)
+    assert [(r["prompt_id"], r["candidate"]) for r in rows] == [(p, k) for p in "ab" for k in range(3)]
+    assert all(0 <= r["num_tokens"] <= 8 and isinstance(r["text"], str) for r in rows)
+    assert any(r["truncated"] for r in rows)  # a random model rarely says <|im_end|> within 8 tokens
+    assert all(r["truncated"] == (r["num_tokens"] == 8) for r in rows)
+    assert rows == generate_candidates(model, tok, PROMPTS, cfg, seed=7)
+    assert rows != generate_candidates(model, tok, PROMPTS, cfg, seed=8)
+    assert len({r["text"] for r in rows}) > 2  # sampling, not greedy
+
+
+def test_left_padding_does_not_change_a_prompts_samples(tiny):
+    model, tok = tiny
+    cfg = GenerateConfig(num_candidates=2, max_new_tokens=6, batch_size=1, temperature=1e-4)
+    alone = generate_candidates(model, tok, PROMPTS[:1], cfg, seed=1)
+    batched = generate_candidates(model, tok, PROMPTS, GenerateConfig(num_candidates=2, max_new_tokens=6, batch_size=2, temperature=1e-4), seed=1)
+    assert [r["text"] for r in alone] == [r["text"] for r in batched[:2]]  # near-greedy: same tokens with padding
+
+
+def test_response_logprobs_are_padding_invariant(tiny):
+    model, tok = tiny
+    prompts = ["hi", "a much longer prompt that needs padding in a batch"]
+    responses = ["yes", "no thanks, not today"]
+    batched = response_logprobs(model, tok, prompts, responses, batch_size=2)
+    single = [response_logprobs(model, tok, [p], [r], batch_size=1)[0] for p, r in zip(prompts, responses)]
+    assert batched == pytest.approx(single, abs=1e-4)
+    assert all(x < 0 for x in batched)
+
+
+def test_model_judge_reads_label_logodds_independent_of_batching(tiny):
+    model, tok = tiny
+    const = load_constitution("default")
+    comps = [
+        Comparison("q", "short", "a rather longer answer that pads the batch", "be nice"),
+        Comparison("another question", "x", "y", "be brief"),
+        Comparison("q", "a rather longer answer that pads the batch", "short", "be nice"),
+    ]
+    batched = ModelJudge(model, tok, const, batch_size=3)(comps)
+    single = [ModelJudge(model, tok, const, batch_size=1)([c])[0] for c in comps]
+    assert all(math.isfinite(x) for x in batched)
+    assert batched == pytest.approx(single, abs=1e-4)
+    # the log-odds are the model's own next-token logits for the two labels
+    judge = ModelJudge(model, tok, const, batch_size=1)
+    enc = tok(judge.text(comps[0]), return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        logits = model(**enc).logits[0, -1]
+    a, b = label_token_ids(tok, const)
+    assert batched[0] == pytest.approx((logits[a] - logits[b]).item(), abs=1e-4)
+
+
+def test_constitution_validation():
+    good = {"template": "{principle} {prompt} {answer_a} {answer_b}", "principles": ["be kind"]}
+    assert constitution_from_dict(good).principles[0].id == "p1"
+    with pytest.raises(RlaifError, match=r"missing \['answer_b'\]"):
+        constitution_from_dict({**good, "template": "{principle} {prompt} {answer_a}"})
+    with pytest.raises(RlaifError, match="non-empty list"):
+        constitution_from_dict({**good, "principles": []})
+    with pytest.raises(RlaifError, match="unknown key 'rules'"):
+        constitution_from_dict({**good, "rules": []})
+    with pytest.raises(RlaifError, match="two labels must differ"):
+        constitution_from_dict({**good, "labels": ["A", "A"]})
+
+
+def test_multi_token_label_is_rejected(tiny):
+    _, tok = tiny
+    c = constitution_from_dict(
+        {"template": "{principle} {prompt} {answer_a} {answer_b}", "principles": ["p"], "labels": ["Zqxjv", "B"]}, "mine.yaml"
+    )
+    with pytest.raises(RlaifError, match="mine.yaml: label 'Zqxjv' is not a single token"):
+        label_token_ids(tok, c)

@@ -1,0 +1,116 @@
+import json
+from collections import Counter
+
+import pytest
+
+from rlaif.config import PromptsConfig
+from rlaif.errors import RlaifError
+from rlaif.models import load_tokenizer
+from rlaif.prompts import load_pool, normalise, select_round
+
+from conftest import SHARED_DATA
+
+SELF_INSTRUCT = SHARED_DATA / "self_instruct_seed_tasks.jsonl"
+
+
+def test_bundled_set_is_large_varied_and_has_a_heldout_split():
+    pool = load_pool(PromptsConfig())
+    assert pool.counts["train"] + pool.counts["heldout"] >= 300
+    assert pool.counts["heldout"] >= 30
+    assert pool.counts["duplicates"] == 0
+    from importlib import resources
+
+    rows = [json.loads(x) for x in resources.files("rlaif.data").joinpath("prompts.jsonl").read_text().splitlines()]
+    cats = Counter(r["category"] for r in rows)
+    assert len(cats) >= 10 and min(cats.values()) >= 20
+    held = {r["id"] for r in rows if r["split"] == "heldout"}
+    assert held == {p["id"] for p in pool.heldout}
+    assert not held & {p["id"] for p in pool.train}
+
+
+def test_rounds_never_draw_heldout_and_do_not_repeat_until_exhausted(tiny_model):
+    tok = load_tokenizer(tiny_model)
+    pool = load_pool(PromptsConfig())
+    held = {p["id"] for p in pool.heldout}
+    seen = []
+    for n in (1, 2, 3):
+        chosen, counts = select_round(pool, tok, n, 20, 10_000, seed=0)
+        assert len(chosen) == 20 and counts["selected"] == 20
+        seen += [p["id"] for p in chosen]
+    assert not set(seen) & held
+    assert len(set(seen)) == len(seen)
+    again, _ = select_round(pool, tok, 2, 20, 10_000, seed=0)
+    assert [p["id"] for p in again] == seen[20:40]  # deterministic: a redone stage draws the same prompts
+
+
+def test_too_long_prompts_are_skipped_and_counted(tiny_model):
+    tok = load_tokenizer(tiny_model)
+    pool = load_pool(PromptsConfig())
+    chosen, counts = select_round(pool, tok, 1, 1000, 40, seed=0)
+    assert counts["too_long"] > 0
+    assert len(chosen) == pool.counts["train"] - counts["too_long"]
+    with pytest.raises(RlaifError, match="longer than prompts.max_prompt_tokens=3"):
+        select_round(pool, tok, 1, 10, 3, seed=0)
+
+
+def test_jsonl_file_with_dedupe_and_input_column(tmp_path):
+    rows = [
+        {"q": "Translate to French", "ctx": {"text": "good morning"}},
+        {"q": "  translate   to FRENCH ", "ctx": {"text": "good morning"}},  # duplicate once folded
+        {"q": "", "ctx": {"text": ""}},
+        {"q": "Name a colour", "ctx": {"text": ""}},
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    pool = load_pool(PromptsConfig(source="file", path=str(path), column="q", input_column="ctx.text"))
+    texts = [p["prompt"] for p in pool.train]
+    assert texts == ["Translate to French\n\ngood morning", "Name a colour"]
+    assert pool.counts["duplicates"] == 1 and pool.counts["empty"] == 1
+
+
+def test_csv_and_parquet(tmp_path):
+    import pandas as pd
+
+    df = pd.DataFrame({"text": [f"Question number {i}?" for i in range(40)]})
+    df.to_csv(tmp_path / "p.csv", index=False)
+    df.to_parquet(tmp_path / "p.parquet")
+    for name in ("p.csv", "p.parquet"):
+        pool = load_pool(PromptsConfig(source="file", path=str(tmp_path / name), column="text", heldout_fraction=0.25))
+        assert pool.counts["train"] + pool.counts["heldout"] == 40
+        assert 3 <= pool.counts["heldout"] <= 20  # hash split, stable across formats
+    a = load_pool(PromptsConfig(source="file", path=str(tmp_path / "p.csv"), column="text", heldout_fraction=0.25))
+    b = load_pool(PromptsConfig(source="file", path=str(tmp_path / "p.parquet"), column="text", heldout_fraction=0.25))
+    assert a.heldout == b.heldout
+
+
+def test_bad_prompt_sources(tmp_path):
+    with pytest.raises(RlaifError, match="prompt file not found"):
+        load_pool(PromptsConfig(source="file", path=str(tmp_path / "nope.jsonl")))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(RlaifError, match="the prompt set is empty"):
+        load_pool(PromptsConfig(source="file", path=str(tmp_path / "empty.jsonl")))
+    (tmp_path / "blank.jsonl").write_text('{"prompt": ""}\n{"prompt": "   "}\n')
+    with pytest.raises(RlaifError, match="no usable training prompts"):
+        load_pool(PromptsConfig(source="file", path=str(tmp_path / "blank.jsonl")))
+    (tmp_path / "cols.jsonl").write_text('{"instruction": "x"}\n')
+    with pytest.raises(RlaifError, match="no column 'prompt' \\(columns: instruction\\)"):
+        load_pool(PromptsConfig(source="file", path=str(tmp_path / "cols.jsonl")))
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n{oops\n')
+    with pytest.raises(RlaifError, match="line 2 is not valid JSON"):
+        load_pool(PromptsConfig(source="file", path=str(tmp_path / "bad.jsonl")))
+    (tmp_path / "p.txt").write_text("x")
+    with pytest.raises(RlaifError, match="unsupported prompt file type"):
+        load_pool(PromptsConfig(source="file", path=str(tmp_path / "p.txt")))
+
+
+@pytest.mark.skipif(not SELF_INSTRUCT.is_file(), reason="../shared/data/self_instruct_seed_tasks.jsonl is absent")
+def test_self_instruct_seed_tasks_load_with_a_column_mapping():
+    cfg = PromptsConfig(source="file", path=str(SELF_INSTRUCT), column="instruction", input_column="instances.0.input",
+                        heldout_fraction=0.1)
+    pool = load_pool(cfg)
+    assert pool.counts["rows"] == 175
+    assert pool.counts["train"] + pool.counts["heldout"] + pool.counts["duplicates"] == 175
+    rows = [json.loads(x) for x in SELF_INSTRUCT.read_text().splitlines()]
+    with_input = next(r for r in rows if r["instances"][0]["input"].strip())
+    expected = normalise(f"{with_input['instruction'].strip()}\n\n{with_input['instances'][0]['input'].strip()}")
+    assert expected in {normalise(p["prompt"]) for p in pool.train + pool.heldout}
