@@ -97,13 +97,3 @@ def response_logprobs(model, tokenizer, prompt_texts: list[str], responses: list
         for i, x in enumerate(ids):
             out.append(logp[i, starts[i] - 1 : len(x) - 1].sum().item())
     return out
-
-
-def policy_and_base_logprobs(model, tokenizer, prompt_texts, responses, batch_size=8):
-    """(log p_policy, log p_base) per response; base = the same model with its adapter disabled."""
-    policy = response_logprobs(model, tokenizer, prompt_texts, responses, batch_size)
-    if not hasattr(model, "disable_adapter"):
-        return policy, policy
-    with model.disable_adapter():
-        base = response_logprobs(model, tokenizer, prompt_texts, responses, batch_size)
-    return policy, base

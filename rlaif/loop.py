@@ -92,7 +92,7 @@ def stage_prompts(s: Session, n: int) -> dict:
 
 
 def stage_generate(s: Session, n: int) -> dict:
-    from rlaif.generate import generate_candidates, policy_and_base_logprobs
+    from rlaif.generate import generate_candidates, response_logprobs
 
     s.run.require(n, "prompts", "generate")
     prompts = read_jsonl(s.run.path(n, "prompts.jsonl"))
@@ -101,7 +101,9 @@ def stage_generate(s: Session, n: int) -> dict:
     model = s.load(adapter)
     rows = generate_candidates(model, s.tokenizer, prompts, s.recipe.generate, s.seed(n, "generate"))
     text_of = {p["id"]: p["prompt"] for p in prompts}
-    policy, base = policy_and_base_logprobs(model, s.tokenizer, [text_of[r["prompt_id"]] for r in rows], [r["text"] for r in rows])
+    args = (s.tokenizer, [text_of[r["prompt_id"]] for r in rows], [r["text"] for r in rows])
+    policy = response_logprobs(model, *args)
+    base = response_logprobs(s.load(None), *args) if adapter else policy
     for row, lp, lb in zip(rows, policy, base):
         row["logp_policy"], row["logp_base"] = lp, lb
     write_jsonl(s.run.path(n, "candidates.jsonl"), rows)
