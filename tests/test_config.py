@@ -78,7 +78,7 @@ def test_overrides(tmp_path):
 
 
 def test_malformed_and_empty(tmp_path):
-    with pytest.raises(RlaifError, match="malformed YAML at line 2"):
+    with pytest.raises(RlaifError, match="malformed YAML at line 3, column 1"):
         load_recipe(write(tmp_path, "run:\n  rounds: [1\n"))
     with pytest.raises(RlaifError, match="the recipe is empty"):
         load_recipe(write(tmp_path, "# nothing\n"))
