@@ -201,3 +201,43 @@ def test_kill_during_each_stage_then_rerun_gives_the_same_artifacts(finished_run
         want = load_file(reference / f"round_{n:03d}/adapter/adapter_model.safetensors")
         assert got.keys() == want.keys()
         assert all((got[k] - want[k]).abs().max() < 1e-5 for k in got)
+
+
+def test_wandb_offline_without_api_key(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    recipe = tiny_recipe(tiny_model, tmp_path / "out", run={"rounds": 1}, wandb={"enabled": True, "mode": "auto"})
+    assert main(["run", str(write_recipe(tmp_path / "r.yaml", recipe))]) == 0
+    runs = list((tmp_path / "out/wandb").glob("offline-run-*"))
+    assert len(runs) == 1, "no API key: the W&B run is offline, inside the run folder"
+    assert read_json(tmp_path / "out/manifest.json")["wandb_run_id"] in runs[0].name
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    records = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(runs[0])], capture_output=True,
+                             text=True, timeout=120).stdout
+    history = [json.loads(line)["history"]["item"] for line in records.splitlines() if '"type":"history"' in line]
+    assert len(history) == 1 and history[0]["round"] == 1
+    metrics = read_json(tmp_path / "out/round_001/metrics.json")
+    for key in ("generate/mean_tokens", "judge/mean_margin", "judge/order_agreement", "pairs/kept",
+                "train/loss_last", "train/reward_margin_after", "train/reward_accuracy_after"):
+        stage, name = key.split("/")
+        assert history[0][key] == pytest.approx(metrics[stage][name]), key
+
+
+def test_previous_reference_and_frozen_base_judge(tiny_model, tmp_path):
+    """train.reference=previous: round 2 starts equal to its reference (margin 0); judge.model=base: no adapter."""
+    recipe = tiny_recipe(tiny_model, tmp_path / "out", train={"reference": "previous"}, judge={"model": "base"})
+    assert main(["run", str(write_recipe(tmp_path / "r.yaml", recipe))]) == 0
+    r2 = read_json(tmp_path / "out/round_002/metrics.json")
+    assert r2["train"]["reference"] == "previous" and r2["train"]["start_adapter"] == "round_001/adapter"
+    assert r2["train"]["reward_margin_before"] == pytest.approx(0.0, abs=1e-6)
+    assert r2["train"]["reward_margin_after"] > 0
+    assert r2["judge"]["judge_adapter"] is None and r2["generate"]["policy_adapter"] == "round_001/adapter"
+    saved = load_file(tmp_path / "out/round_002/adapter/adapter_model.safetensors")
+    assert not any(".ref." in k for k in saved), "only the trained adapter is saved, not TRL's frozen copy"
+
+
+def test_base_reference_round_two_starts_away_from_its_reference(finished_run):
+    out, _ = finished_run
+    r2 = read_json(out / "round_002/metrics.json")["train"]
+    assert r2["reference"] == "base" and r2["start_adapter"] == "round_001/adapter"
+    assert abs(r2["reward_margin_before"]) > 1e-6  # round 1's adapter already differs from the base
