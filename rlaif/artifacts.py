@@ -11,6 +11,7 @@ Layout::
     RUN/round_001/pairs_dropped.jsonl   what was dropped and why
     RUN/round_001/adapter/         the LoRA adapter (safetensors)
     RUN/round_001/train_log.jsonl  TRL's log history
+    RUN/round_001/completions.jsonl  (GRPO/RLOO) every sampled completion with its reward
     RUN/round_001/metrics.json     the round's metrics, one key per stage
     RUN/round_001/state.json       stages completed
 
@@ -214,7 +215,7 @@ STAGE_FILES = {
     "generate": ("candidates.jsonl",),
     "judge": ("verdicts.jsonl", "rankings.jsonl"),
     "pairs": ("pairs.jsonl", "pairs_dropped.jsonl"),
-    "train": ("adapter", "train_log.jsonl"),
+    "train": ("adapter", "train_log.jsonl", "completions.jsonl"),
 }
 
 

@@ -40,7 +40,7 @@ def validate(recipe) -> list[str]:
     """Everything `rlaif run` would trip over before its first stage, checked without loading weights."""
     from pathlib import Path
 
-    from rlaif.config import build_dpo_config, build_lora_config
+    from rlaif.config import build_lora_config, build_trl_config
     from rlaif.constitution import load_constitution
     from rlaif.models import check_model_source
     from rlaif.prompts import load_pool
@@ -53,8 +53,9 @@ def validate(recipe) -> list[str]:
     lines.append(f"constitution {c.source}: {len(c.principles)} principles, labels {list(c.labels)}")
     lines.append(f"model: {check_model_source(recipe.model.source, recipe.model.cache_dir)}")
     build_lora_config(recipe)
-    build_dpo_config(recipe, Path(recipe.run.output_dir) / "validate.tmp")
-    lines.append("dpo and lora sections accepted by TRL and peft")
+    method = recipe.train.method
+    build_trl_config(recipe, method, Path(recipe.run.output_dir) / "validate.tmp")
+    lines.append(f"{method} and lora sections accepted by TRL and peft")
     return lines
 
 

@@ -111,11 +111,23 @@ class PairsConfig:
 
 @dataclass
 class TrainConfig:
-    method: Literal["dpo"] = _f("dpo", "Trainer: `dpo` (TRL DPOTrainer on a LoRA adapter).")
+    method: Literal["dpo", "grpo", "rloo"] = _f(
+        "dpo",
+        "`dpo`: offline pairs, TRL DPOTrainer. `grpo` / `rloo`: on-policy RL with TRL's GRPOTrainer "
+        "(PPO's clipped objective, group baseline) or RLOOTrainer, the judge as the reward.",
+    )
     reference: Literal["base", "previous"] = _f(
         "base",
         "DPO reference: `base` (adapter disabled, no second model copy) or `previous` (a frozen copy of "
         "the adapter the round starts from).",
+    )
+    rl_judge: Literal["round_start", "live"] = _f(
+        "round_start",
+        "RL reward judge: `round_start` scores with the adapter as it was when the round began (the "
+        "self-rewarding papers judge with the previous iteration); `live` with the adapter being trained.",
+    )
+    truncation_penalty: float = _f(
+        0.5, "RL: subtracted from the reward of a completion that hit max_completion_length without ending."
     )
 
 
@@ -150,7 +162,33 @@ DPO_DEFAULTS: dict[str, Any] = {
     "optim": "adamw_torch",
     "dataloader_num_workers": 0,
 }
-# Fields of DPOConfig that rlaif sets itself.
+# On-policy RL on a small model, kept stable: a KL leash to the adapter-off base (TRL's GRPO default
+# is beta=0), each generation batch reused for two clipped updates (num_iterations=2: PPO's several
+# epochs per batch), short completions, and the same CPU choices as DPO.
+_RL_COMMON: dict[str, Any] = {
+    "learning_rate": 5e-5,
+    "num_train_epochs": 1,
+    "num_generations": 4,
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "num_iterations": 2,
+    "epsilon": 0.2,
+    "max_completion_length": 64,
+    "temperature": 0.9,
+    "top_p": 0.95,
+    "mask_truncated_completions": False,  # rlaif penalises them instead (train.truncation_penalty)
+    "gradient_checkpointing": False,
+    "bf16": False,
+    "lr_scheduler_type": "constant",
+    "logging_steps": 1,
+    "optim": "adamw_torch",
+    "dataloader_num_workers": 0,
+    "disable_dropout": True,
+}
+GRPO_DEFAULTS: dict[str, Any] = {**_RL_COMMON, "beta": 0.04}
+RLOO_DEFAULTS: dict[str, Any] = {**_RL_COMMON, "beta": 0.04}
+TRL_DEFAULTS = {"dpo": DPO_DEFAULTS, "grpo": GRPO_DEFAULTS, "rloo": RLOO_DEFAULTS}
+# Fields of TRL's configs that rlaif sets itself.
 DPO_RESERVED = {"output_dir": "run.output_dir", "seed": "run.seed", "report_to": "wandb", "save_strategy": None}
 
 LORA_DEFAULTS: dict[str, Any] = {
@@ -171,7 +209,7 @@ SECTIONS = {
     "train": TrainConfig,
     "wandb": WandbConfig,
 }
-PASSTHROUGH = ("dpo", "lora")
+PASSTHROUGH = ("dpo", "grpo", "rloo", "lora")
 
 
 @dataclass
@@ -185,18 +223,21 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     dpo: dict[str, Any] = field(default_factory=dict)  # user's DPOConfig fields, defaults not merged
+    grpo: dict[str, Any] = field(default_factory=dict)  # user's GRPOConfig fields
+    rloo: dict[str, Any] = field(default_factory=dict)  # user's RLOOConfig fields
     lora: dict[str, Any] = field(default_factory=dict)  # user's LoraConfig fields, defaults not merged
     source: str = "<recipe>"
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe: every section with its defaults filled in (written to the manifest)."""
         out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
-        out["dpo"] = {**DPO_DEFAULTS, **self.dpo}
+        out[self.train.method] = self.trl_kwargs(self.train.method)
         out["lora"] = {**LORA_DEFAULTS, **self.lora}
         return out
 
-    def dpo_kwargs(self) -> dict[str, Any]:
-        return {**DPO_DEFAULTS, **self.dpo}
+    def trl_kwargs(self, method: str) -> dict[str, Any]:
+        """rlaif's defaults for a TRL trainer's config, under the recipe's own section."""
+        return {**TRL_DEFAULTS[method], **getattr(self, method)}
 
     def lora_kwargs(self) -> dict[str, Any]:
         return {**LORA_DEFAULTS, **self.lora}
@@ -301,16 +342,18 @@ def _check_section(cls, raw: Any, name: str, source: str):
     return cls(**values)
 
 
-def _passthrough_fields(section: str) -> dict[str, Any]:
-    if section == "dpo":
-        from trl import DPOConfig
-
-        cls = DPOConfig
-    else:
+def _passthrough_class(section: str):
+    if section == "lora":
         from peft import LoraConfig
 
-        cls = LoraConfig
-    return {f.name: f.type for f in dataclasses.fields(cls) if f.init}
+        return LoraConfig
+    import trl
+
+    return {"dpo": trl.DPOConfig, "grpo": trl.GRPOConfig, "rloo": trl.RLOOConfig}[section]
+
+
+def _passthrough_fields(section: str) -> dict[str, Any]:
+    return {f.name: f.type for f in dataclasses.fields(_passthrough_class(section)) if f.init}
 
 
 def _check_passthrough(raw: Any, section: str, source: str) -> dict[str, Any]:
@@ -318,13 +361,13 @@ def _check_passthrough(raw: Any, section: str, source: str) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise RlaifError(f"{source}: section '{section}' must be a mapping of keys, got {type(raw).__name__}")
-    owner = "TRL's DPOConfig" if section == "dpo" else "peft's LoraConfig"
+    owner = "peft's LoraConfig" if section == "lora" else f"TRL's {_passthrough_class(section).__name__}"
     known = _passthrough_fields(section)
     out = {}
     for key, value in raw.items():
-        if section == "dpo" and key in DPO_RESERVED:
+        if section != "lora" and key in DPO_RESERVED:
             by = DPO_RESERVED[key]
-            raise RlaifError(f"{source}: 'dpo.{key}' is set by rlaif" + (f" (use {by})" if by else ""))
+            raise RlaifError(f"{source}: '{section}.{key}' is set by rlaif" + (f" (use {by})" if by else ""))
         if key not in known:
             raise RlaifError(f"{source}: unknown key '{section}.{key}' (not a field of {owner})")
         annotation = known[key]
@@ -432,12 +475,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return recipe_from_dict(raw, source=str(path))
 
 
-def build_dpo_config(recipe: Recipe, output_dir: str | Path):
-    """TRL's DPOConfig from the recipe's `dpo` section over rlaif's defaults."""
-    from trl import DPOConfig
-
+def build_trl_config(recipe: Recipe, method: str, output_dir: str | Path):
+    """TRL's DPOConfig / GRPOConfig / RLOOConfig from the recipe's section over rlaif's defaults."""
+    cls = _passthrough_class(method)
     kwargs = {
-        **recipe.dpo_kwargs(),
+        **recipe.trl_kwargs(method),
         "output_dir": str(output_dir),
         "seed": recipe.run.seed,
         "report_to": "none",
@@ -445,9 +487,9 @@ def build_dpo_config(recipe: Recipe, output_dir: str | Path):
         "use_cpu": not _accelerator_available(),
     }
     try:
-        return DPOConfig(**kwargs)
+        return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise RlaifError(f"{recipe.source}: section 'dpo' rejected by TRL: {exc}") from None
+        raise RlaifError(f"{recipe.source}: section '{method}' rejected by TRL: {exc}") from None
 
 
 def build_lora_config(recipe: Recipe):
@@ -472,9 +514,11 @@ def reference_markdown() -> str:
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             lines.append(f"| `{name}.{f.name}` | `{default!r}` | {f.metadata['help']} |")
-    for key, value in DPO_DEFAULTS.items():
-        lines.append(f"| `dpo.{key}` | `{value!r}` | TRL DPOConfig field; rlaif's default. |")
-    lines.append("| `dpo.*` | TRL's | Any other field of TRL's `DPOConfig`. |")
+    for section, defaults in TRL_DEFAULTS.items():
+        owner = f"TRL {_passthrough_class(section).__name__}"
+        for key, value in defaults.items():
+            lines.append(f"| `{section}.{key}` | `{value!r}` | {owner} field; rlaif's default. |")
+        lines.append(f"| `{section}.*` | TRL's | Any other field of {owner}. |")
     for key, value in LORA_DEFAULTS.items():
         lines.append(f"| `lora.{key}` | `{value!r}` | peft LoraConfig field; rlaif's default. |")
     lines.append("| `lora.*` | peft's | Any other field of peft's `LoraConfig`. |")

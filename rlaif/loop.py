@@ -151,9 +151,16 @@ def stage_pairs(s: Session, n: int) -> dict:
     return counts
 
 
+def stages_for(recipe: Recipe) -> tuple[str, ...]:
+    """DPO runs every stage; GRPO/RLOO sample and judge inside training: prompts → train."""
+    return artifacts.STAGES if recipe.train.method == "dpo" else ("prompts", "train")
+
+
 def stage_train(s: Session, n: int) -> dict:
     from rlaif.train import train_dpo
 
+    if s.recipe.train.method != "dpo":
+        return stage_train_rl(s, n)
     s.run.require(n, "pairs", "train")
     pairs = read_jsonl(s.run.path(n, "pairs.jsonl"))
     start = policy_adapter(s.run, n)
@@ -172,6 +179,32 @@ def stage_train(s: Session, n: int) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     write_jsonl(s.run.path(n, "train_log.jsonl"), history)
     return {**metrics, "start_adapter": _rel(s.run, start), "adapter_sha256": sha256_dir(out)}
+
+
+def stage_train_rl(s: Session, n: int) -> dict:
+    from rlaif.rl import train_rl
+
+    s.run.require(n, "prompts", "train")
+    prompts = read_jsonl(s.run.path(n, "prompts.jsonl"))
+    start = policy_adapter(s.run, n)
+    if s.recipe.judge.model == "base":
+        judge_adapter, judge_model = None, s.load(None)
+    elif s.recipe.train.rl_judge == "live":
+        judge_adapter, judge_model = "live", None
+    else:
+        judge_adapter, judge_model = _rel(s.run, start), s.load(start)
+    say(f"round {n}: {s.recipe.train.method} from " + (_rel(s.run, start) or "a fresh adapter")
+        + f", judge = {judge_adapter or 'base'}")
+    work = s.run.round_dir(n) / f"trainer{artifacts.TMP_MARK}work"
+    metrics, history, records = train_rl(
+        s.recipe, s.model_path, s.tokenizer, prompts, judge_model, s.constitution, start, s.run.adapter(n), work,
+        s.seed(n, "judge"),
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    write_jsonl(s.run.path(n, "completions.jsonl"), records)
+    write_jsonl(s.run.path(n, "train_log.jsonl"), history)
+    return {**metrics, "start_adapter": _rel(s.run, start), "judge_adapter": judge_adapter,
+            "adapter_sha256": sha256_dir(s.run.adapter(n))}
 
 
 STAGE_FUNCS = {
@@ -254,14 +287,16 @@ def record_round(s: Session, n: int) -> None:
     """Provenance of a completed round in the manifest."""
     manifest = read_json(s.run.manifest_path)
     metrics = s.run.metrics(n)
+    policy = policy_adapter(s.run, n)
     manifest["model"]["resolved"] = s.model_path
     manifest["rounds"][str(n)] = {
-        "policy_adapter": metrics.get("generate", {}).get("policy_adapter"),
-        "policy_adapter_sha256": metrics.get("generate", {}).get("policy_adapter_sha256"),
-        "judge_adapter": metrics.get("judge", {}).get("judge_adapter"),
+        "method": s.recipe.train.method,
+        "policy_adapter": _rel(s.run, policy),
+        "policy_adapter_sha256": sha256_dir(policy) if policy else None,
+        "judge_adapter": metrics.get("judge", metrics.get("train", {})).get("judge_adapter"),
         "adapter": _rel(s.run, s.run.adapter(n)) if s.run.adapter(n).exists() else None,
         "adapter_sha256": metrics.get("train", {}).get("adapter_sha256"),
-        "seeds": {stage: s.seed(n, stage) for stage in ("generate", "judge")},
+        "seeds": {"generate": s.seed(n, "generate"), "judge": s.seed(n, "judge"), "train": s.recipe.run.seed},
     }
     write_json(s.run.manifest_path, manifest)
 
@@ -292,10 +327,11 @@ def run_all(recipe: Recipe) -> RunDir:
             manifest["wandb_run_id"] = tracker.run_id
             write_json(s.run.manifest_path, manifest)
         try:
+            stages = stages_for(recipe)
             for n in range(1, recipe.run.rounds + 1):
-                if len(s.run.completed(n)) == len(artifacts.STAGES):
+                if len(s.run.completed(n)) == len(stages):
                     continue
-                for stage in artifacts.STAGES:
+                for stage in stages:
                     if not s.run.is_done(n, stage):
                         run_stage(s, n, stage)
                 record_round(s, n)
@@ -312,6 +348,10 @@ def run_one_stage(recipe: Recipe, stage: str, n: int | None) -> tuple[int, dict,
     Redoing a stage moves its old outputs, and everything that depended on them, to
     ``RUN/superseded/<time>/`` first: nothing is deleted.
     """
+    if stage not in stages_for(recipe):
+        raise RlaifError(
+            f"train.method={recipe.train.method} has no '{stage}' stage (its stages: {', '.join(stages_for(recipe))})"
+        )
     s = Session(recipe)
     preflight(s)
     with s.run.lock():
@@ -323,6 +363,6 @@ def run_one_stage(recipe: Recipe, stage: str, n: int | None) -> tuple[int, dict,
             raise RlaifError(f"--round must be at least 1, got {n}")
         moved = s.run.supersede_from(n, stage, include_self=True)
         metrics = run_stage(s, n, stage)
-        if len(s.run.completed(n)) == len(artifacts.STAGES):
+        if len(s.run.completed(n)) == len(stages_for(recipe)):
             record_round(s, n)
     return n, metrics, moved

@@ -1,5 +1,8 @@
 """Stage 5, train: TRL's DPOTrainer updates a peft LoRA adapter on the round's pairs.
 
+The helpers here (base model, LoRA set-up across rounds, saving, how far the adapter moved) are
+shared with the on-policy RL path in :mod:`rlaif.rl`.
+
 rlaif wraps the trainer; it does not reimplement DPO (Rafailov et al. 2023). What we decide:
 
 - **Reference model.** ``train.reference: base`` (default): the reference is the base model with the
@@ -20,7 +23,7 @@ from pathlib import Path
 import torch
 
 from rlaif.artifacts import commit_dir
-from rlaif.config import Recipe, build_dpo_config, build_lora_config
+from rlaif.config import Recipe, build_lora_config, build_trl_config
 
 
 def to_dataset(pairs: list[dict]):
@@ -43,6 +46,46 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def adapter_distance(model, before: dict[str, torch.Tensor]) -> float:
+    """L2 distance of the trainable (LoRA) weights from a snapshot."""
+    return math.sqrt(sum(((p.detach() - before[n]) ** 2).sum().item() for n, p in model.named_parameters() if n in before))
+
+
+def make_trainer(trainer_cls, recipe: Recipe, model_path: str, start_adapter: Path | None, **kwargs):
+    """A TRL trainer on a LoRA adapter, started from ``start_adapter`` (None: a fresh adapter).
+
+    With ``train.reference: base`` TRL gets the base model plus a LoRA config, so its reference is
+    the adapter-disabled base, and the previous round's weights are loaded into the fresh adapter.
+    With ``previous`` TRL gets a trainable PeftModel and keeps a frozen copy as its "ref" adapter.
+    """
+    from peft import PeftModel
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=torch.float32, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code
+    )
+    if recipe.train.reference == "previous" and start_adapter is not None:
+        model = PeftModel.from_pretrained(base, str(start_adapter), is_trainable=True)
+        return trainer_cls(model=model, **kwargs)
+    trainer = trainer_cls(model=base, peft_config=build_lora_config(recipe), **kwargs)
+    if start_adapter is not None:
+        state = load_file(str(Path(start_adapter) / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(trainer.model, state, adapter_name="default")
+        if getattr(result, "unexpected_keys", None):
+            raise RuntimeError(f"adapter of {start_adapter} does not fit this LoRA config: {result.unexpected_keys[:3]}")
+    return trainer
+
+
+def save_adapter(trainer, out_dir: Path) -> None:
+    """The trained adapter only (not TRL's frozen "ref" copy), committed atomically."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp-train")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])
+    commit_dir(tmp, out_dir)
+
+
 def _eval_metrics(trainer) -> dict:
     out = trainer.evaluate()
     keep = ("eval_loss", "eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen", "eval_rewards/rejected")
@@ -51,47 +94,20 @@ def _eval_metrics(trainer) -> dict:
 
 def train_dpo(recipe: Recipe, model_path: str, tokenizer, pairs: list[dict], start_adapter: Path | None, out_dir: Path, work_dir: Path):
     """Train one round's adapter and save it to ``out_dir`` (atomically). Returns (metrics, log_history)."""
-    from peft import PeftModel
-    from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
     from trl import DPOTrainer
 
-    args = build_dpo_config(recipe, work_dir)
-    base = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=torch.float32, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code
-    )
     dataset = to_dataset(pairs)
     tokenizer.padding_side = "left"
-    if recipe.train.reference == "previous" and start_adapter is not None:
-        model = PeftModel.from_pretrained(base, str(start_adapter), is_trainable=True)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer)
-    else:
-        trainer = DPOTrainer(
-            model=base,
-            args=args,
-            train_dataset=dataset,
-            eval_dataset=dataset,
-            processing_class=tokenizer,
-            peft_config=build_lora_config(recipe),
-        )
-        if start_adapter is not None:  # continue from the previous round's weights, reference stays the base
-            state = load_file(str(Path(start_adapter) / "adapter_model.safetensors"))
-            result = set_peft_model_state_dict(trainer.model, state, adapter_name="default")
-            if getattr(result, "unexpected_keys", None):
-                raise RuntimeError(f"adapter of {start_adapter} does not fit this LoRA config: {result.unexpected_keys[:3]}")
+    trainer = make_trainer(
+        DPOTrainer, recipe, model_path, start_adapter, args=build_trl_config(recipe, "dpo", work_dir),
+        train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer,
+    )
     before_state = _trainable_state(trainer.model)
     before = _eval_metrics(trainer)
     trainer.train()
     after = _eval_metrics(trainer)
-    delta = math.sqrt(
-        sum(((p.detach() - before_state[n]) ** 2).sum().item() for n, p in trainer.model.named_parameters() if n in before_state)
-    )
-    tmp = out_dir.with_name(out_dir.name + ".tmp-train")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])
-    commit_dir(tmp, out_dir)
-    history = [h for h in trainer.state.log_history]
+    save_adapter(trainer, out_dir)
+    history = list(trainer.state.log_history)
     train_logs = [h for h in history if "loss" in h and "eval_loss" not in h]
     metrics = {
         "pairs": len(pairs),
@@ -104,7 +120,7 @@ def train_dpo(recipe: Recipe, model_path: str, tokenizer, pairs: list[dict], sta
         "reward_accuracy_after": after.get("rewards/accuracies"),
         "eval_loss_before": before.get("loss"),
         "eval_loss_after": after.get("loss"),
-        "adapter_delta_norm": delta,
+        "adapter_delta_norm": adapter_distance(trainer.model, before_state),
         "reference": recipe.train.reference,
     }
     return metrics, history

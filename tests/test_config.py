@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from rlaif.config import DPO_DEFAULTS, build_dpo_config, build_lora_config, load_recipe, recipe_from_dict, reference_markdown
+from rlaif.config import DPO_DEFAULTS, build_lora_config, build_trl_config, load_recipe, recipe_from_dict, reference_markdown
 from rlaif.errors import RlaifError
 
 from conftest import REPO
@@ -20,8 +20,9 @@ def test_every_recipe_loads_and_builds_trl_configs(path, tmp_path):
     assert first.startswith("# rlaif run recipes/"), "a recipe starts with the command that runs it"
     assert path.name in first
     recipe = load_recipe(path)
-    dpo = build_dpo_config(recipe, tmp_path)
-    assert dpo.beta == recipe.dpo_kwargs()["beta"]
+    method = recipe.train.method
+    trl_config = build_trl_config(recipe, method, tmp_path)
+    assert trl_config.beta == recipe.trl_kwargs(method)["beta"]
     build_lora_config(recipe)
 
 
@@ -54,7 +55,7 @@ def test_wrong_type_names_key(tmp_path):
 def test_dpo_section_is_trl_fields(tmp_path):
     # YAML reads 5e-5 as a string; rlaif reads it as the float the user meant
     recipe = load_recipe(write(tmp_path, "dpo:\n  learning_rate: 5e-5\n  beta: 0.2\n"))
-    cfg = build_dpo_config(recipe, tmp_path)
+    cfg = build_trl_config(recipe, "dpo", tmp_path)
     assert cfg.learning_rate == 5e-5 and cfg.beta == 0.2
     assert cfg.gradient_checkpointing is DPO_DEFAULTS["gradient_checkpointing"]
     with pytest.raises(RlaifError, match=r"unknown key 'dpo\.betta' \(not a field of TRL's DPOConfig\)"):

@@ -1,0 +1,187 @@
+"""On-policy RL with the constitution judge as the reward: TRL's GRPOTrainer and RLOOTrainer on LoRA.
+
+TRL 1.16 has no ``PPOTrainer`` (its value-head PPO was removed upstream). What rlaif calls its PPO
+path is TRL's ``GRPOTrainer`` (Shao et al. 2024): PPO's clipped surrogate (``epsilon``), several
+updates per batch of generations (``num_iterations`` > 1 reuses them under the clipped ratio) and a
+KL penalty to a reference (``beta``), but no learned value model: the baseline of each completion is
+the mean reward of its prompt's group of ``num_generations`` completions. ``RLOOTrainer`` (Ahmadian
+et al. 2024) uses the leave-one-out mean of the group instead. We wrap both; the loss is theirs.
+
+What is ours, and where it deviates:
+
+- **The reward** is the same soft pairwise judge as the DPO path: within each prompt's group, every
+  pair of completions is compared in both orders, and a completion's reward is its mean win
+  probability against the rest of its group (a Borda score on soft wins, in [0, 1]). Bradley–Terry
+  strengths would rank the same way but are not bounded; a bounded reward keeps the group baseline
+  meaningful.
+- **The judge does not chase the policy inside a round.** By default (``train.rl_judge:
+  round_start``) it scores with the adapter as it was when the round began, as the self-rewarding
+  papers judge iteration t+1's samples with M_t; ``live`` scores with the adapter being trained.
+- **Truncated completions** (no end-of-turn within ``max_completion_length``) keep their place in
+  the group but lose ``train.truncation_penalty`` reward, instead of being masked: with short
+  completions on a small model most samples would be masked and the signal lost.
+- **Zero-signal groups** (all rewards equal) produce zero advantages under a group baseline; they
+  are counted, not hidden.
+"""
+
+import math
+import resource
+import statistics
+import time
+from pathlib import Path
+
+from rlaif.config import Recipe, build_trl_config
+from rlaif.constitution import Constitution
+from rlaif.judge import PairJudge, judge_candidates
+from rlaif.rank import mean_wins, win_matrix
+from rlaif.train import _trainable_state, adapter_distance, make_trainer, save_adapter
+
+
+def _text(completion) -> str:
+    if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
+        return completion[-1]["content"]
+    return completion
+
+
+def _prompt_text(prompt) -> str:
+    if isinstance(prompt, list):
+        return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
+    return prompt
+
+
+class JudgeReward:
+    """A TRL ``reward_funcs`` callable: scores each prompt's group of completions with the judge.
+
+    TRL passes completions flattened, ``num_generations`` consecutive ones per prompt, plus every
+    extra dataset column (we pass ``prompt_id``) repeated to match. Groups are checked to share one
+    prompt id, so a reward never lands on another prompt's completion.
+    """
+
+    __name__ = "constitution_judge"
+
+    def __init__(self, judge: PairJudge, constitution: Constitution, num_generations: int, principles: str,
+                 seed: int, eos_token_id: int, truncation_penalty: float):
+        self.judge, self.constitution, self.k = judge, constitution, num_generations
+        self.principles, self.seed, self.eos, self.penalty = principles, seed, eos_token_id, truncation_penalty
+        self.records: list[dict] = []
+        self.groups = 0
+        self.zero_signal_groups = 0
+        self.calls = 0
+
+    def __call__(self, prompts, completions, prompt_id, completion_ids=None, **kwargs) -> list[float]:
+        if len(completions) % self.k:
+            raise ValueError(f"{len(completions)} completions do not split into groups of {self.k}")
+        self.calls += 1
+        step = getattr(kwargs.get("trainer_state"), "global_step", None)
+        rewards: list[float] = []
+        for g in range(0, len(completions), self.k):
+            ids = set(prompt_id[g : g + self.k])
+            if len(ids) != 1:
+                raise ValueError(f"a group of {self.k} completions mixes prompts {sorted(ids)}")
+            pid = prompt_id[g]
+            texts = [_text(c) for c in completions[g : g + self.k]]
+            truncated = [
+                completion_ids is not None and self.eos not in list(completion_ids[g + i]) for i in range(self.k)
+            ]
+            group_id = f"{pid}@{self.calls}:{g // self.k}"
+            cands = [{"prompt_id": group_id, "candidate": i, "text": t} for i, t in enumerate(texts)]
+            prompt = [{"id": group_id, "prompt": _prompt_text(prompts[g])}]
+            verdicts = judge_candidates(self.judge, self.constitution, prompt, cands, self.principles, self.seed)
+            wins = mean_wins(win_matrix(self.k, verdicts))
+            group = [w - (self.penalty if t else 0.0) for w, t in zip(wins, truncated)]
+            self.groups += 1
+            if max(group) - min(group) < 1e-6:
+                self.zero_signal_groups += 1
+            for i, (text, r, w, t) in enumerate(zip(texts, group, wins, truncated)):
+                self.records.append({"step": step, "call": self.calls, "prompt_id": pid, "completion": i, "text": text,
+                                     "reward": r, "mean_win": w, "truncated": t})
+            rewards += group
+        return rewards
+
+
+def to_prompt_dataset(prompts: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}], "prompt_id": p["id"]} for p in prompts])
+
+
+def _mean_logged(history: list[dict], *keys: str) -> float | None:
+    for key in keys:
+        vals = [h[key] for h in history if key in h and isinstance(h[key], (int, float)) and not math.isnan(h[key])]
+        if vals:
+            return statistics.fmean(vals)
+    return None
+
+
+def train_rl(recipe: Recipe, model_path: str, tokenizer, prompts: list[dict], judge_model, constitution: Constitution,
+             start_adapter: Path | None, out_dir: Path, work_dir: Path, seed: int):
+    """One round of GRPO or RLOO. Returns (metrics, log_history, completion records)."""
+    import trl
+
+    from rlaif.judge import ModelJudge
+
+    method = recipe.train.method
+    trainer_cls = trl.GRPOTrainer if method == "grpo" else trl.RLOOTrainer
+    args = build_trl_config(recipe, method, work_dir)
+    # the judge's model is filled in below for rl_judge=live (it needs the trainer's model)
+    judge = ModelJudge(judge_model, tokenizer, constitution, recipe.judge.batch_size) if judge_model is not None else None
+    reward = JudgeReward(judge, constitution, args.num_generations, recipe.judge.principles, seed,
+                         tokenizer.eos_token_id, recipe.train.truncation_penalty)
+    tokenizer.padding_side = "left"
+    trainer = make_trainer(trainer_cls, recipe, model_path, start_adapter, reward_funcs=[reward], args=args,
+                           train_dataset=to_prompt_dataset(prompts), processing_class=tokenizer)
+    if judge is None:
+        reward.judge = _LiveJudge(trainer, tokenizer, constitution, recipe.judge.batch_size)
+    before = _trainable_state(trainer.model)
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    save_adapter(trainer, out_dir)
+    history = list(trainer.state.log_history)
+    rewards = [r["reward"] for r in reward.records]
+    steps = trainer.state.global_step
+    metrics = {
+        "method": method,
+        "prompts": len(prompts),
+        "steps": steps,
+        "completions": len(rewards),
+        "reward_mean": statistics.fmean(rewards) if rewards else None,
+        "reward_std": statistics.pstdev(rewards) if rewards else None,
+        "reward_min": min(rewards, default=None),
+        "reward_max": max(rewards, default=None),
+        "zero_signal_groups": reward.zero_signal_groups,
+        "zero_signal_share": reward.zero_signal_groups / reward.groups if reward.groups else None,
+        "truncated_share": statistics.fmean(float(r["truncated"]) for r in reward.records) if rewards else None,
+        "kl": _mean_logged(history, "kl"),
+        "clip_fraction": _mean_logged(history, "clip_ratio/region_mean", "clip_ratio"),
+        "completion_mean_length": _mean_logged(history, "completions/mean_length"),
+        "loss_mean": _mean_logged(history, "loss"),
+        "adapter_delta_norm": adapter_distance(trainer.model, before),
+        "seconds_per_step": seconds / steps if steps else None,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "reference": recipe.train.reference,
+        "rl_judge": recipe.train.rl_judge,
+    }
+    return metrics, history, reward.records
+
+
+class _LiveJudge:
+    """``rl_judge: live``: judge with the adapter being trained (eval mode, no gradients)."""
+
+    def __init__(self, trainer, tokenizer, constitution, batch_size):
+        self.trainer, self.tokenizer, self.constitution, self.batch_size = trainer, tokenizer, constitution, batch_size
+        self.last_label_mass: list[float] = []
+
+    def __call__(self, comparisons):
+        from rlaif.judge import ModelJudge
+
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        was_training = model.training
+        model.eval()
+        try:
+            judge = ModelJudge(model, self.tokenizer, self.constitution, self.batch_size)
+            out = judge(comparisons)
+            self.last_label_mass = judge.last_label_mass
+            return out
+        finally:
+            model.train(was_training)
