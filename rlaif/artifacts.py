@@ -28,8 +28,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rlaif.errors import RlaifError
 
@@ -187,7 +188,7 @@ class RunDir:
     def lock(self):
         """One rlaif process per run folder at a time."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fh = open(self.root / ".lock", "w")
+        fh = open(self.root / ".lock", "w")  # noqa: SIM115 (held for the whole run, closed below)
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

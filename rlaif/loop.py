@@ -141,10 +141,10 @@ def stage_pairs(s: Session, n: int) -> dict:
     from rlaif.pairs import build_pairs
 
     s.run.require(n, "judge", "pairs")
-    load = lambda name: read_jsonl(s.run.path(n, name))  # noqa: E731
-    pairs, dropped, counts = build_pairs(
-        load("prompts.jsonl"), load("candidates.jsonl"), load("verdicts.jsonl"), load("rankings.jsonl"), s.recipe.pairs
+    prompts, candidates, verdicts, rankings = (
+        read_jsonl(s.run.path(n, name)) for name in ("prompts.jsonl", "candidates.jsonl", "verdicts.jsonl", "rankings.jsonl")
     )
+    pairs, dropped, counts = build_pairs(prompts, candidates, verdicts, rankings, s.recipe.pairs)
     write_jsonl(s.run.path(n, "pairs.jsonl"), pairs)
     write_jsonl(s.run.path(n, "pairs_dropped.jsonl"), dropped)
     counts["mean_margin_kept"] = statistics.fmean(p["margin"] for p in pairs) if pairs else None

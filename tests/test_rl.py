@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import REPO, tiny_recipe, write_recipe
 from safetensors.torch import load_file
 
 from rlaif.artifacts import read_json, read_jsonl
@@ -18,8 +19,6 @@ from rlaif.constitution import load_constitution
 from rlaif.judge import ModelJudge
 from rlaif.models import load_tokenizer
 from rlaif.rl import JudgeReward
-
-from conftest import REPO, tiny_recipe, write_recipe
 
 GOOD = "The capital of France is Paris."
 BAD = "zzz qqq xxx"
@@ -182,7 +181,7 @@ def test_rl_run_killed_in_training_resumes_to_the_same_result(tiny_model, tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (tmp_path / "out/round_001/completions.jsonl").exists()
-    final = subprocess.run([sys.executable, "-m", "rlaif.cli", "run", str(recipe)], cwd=REPO, capture_output=True,
+    final = subprocess.run([sys.executable, "-m", "rlaif.cli", "run", str(recipe)], check=False, cwd=REPO, capture_output=True,
                            text=True, env={**os.environ, "WANDB_MODE": "disabled"}, timeout=600)
     assert final.returncode == 0, final.stderr[-2000:]
     got = read_jsonl(tmp_path / "out/round_001/completions.jsonl")
