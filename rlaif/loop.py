@@ -216,6 +216,22 @@ STAGE_FUNCS = {
 }
 
 
+def round_summary(m: dict) -> str:
+    """One line of a round's headline numbers."""
+
+    def f(x, spec=".2f"):
+        return "n/a" if x is None else format(x, spec)
+
+    t = m.get("train", {})
+    if "pairs" in m:
+        j = m.get("judge", {})
+        return (f"{m['pairs'].get('kept', 0)} pairs kept, {m['pairs'].get('dropped', 0)} dropped; judge order "
+                f"agreement {f(j.get('order_agreement'))}, P(first shown) {f(j.get('position_bias_p_first'))}; "
+                f"DPO reward margin {f(t.get('reward_margin_before'))} -> {f(t.get('reward_margin_after'))}")
+    return (f"reward {f(t.get('reward_mean'))} ± {f(t.get('reward_std'))}, KL {f(t.get('kl'), '.4f')}, "
+            f"clip fraction {f(t.get('clip_fraction'), '.3f')}, {f(t.get('seconds_per_step'), '.1f')} s/step")
+
+
 def run_stage(s: Session, n: int, stage: str) -> dict:
     say(f"round {n}: {stage} …")
     t0 = time.perf_counter()
@@ -336,7 +352,7 @@ def run_all(recipe: Recipe) -> RunDir:
                         run_stage(s, n, stage)
                 record_round(s, n)
                 tracker.log_round(n, s.run.metrics(n))
-                say(f"round {n} complete: {s.run.round_dir(n)}")
+                say(f"round {n} complete: {s.run.round_dir(n)}: {round_summary(s.run.metrics(n))}")
         finally:
             tracker.finish()
     return s.run
