@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     ctx = {"const": load_constitution(args.constitution), "tok": tok, "fp32": load_model(path, "float32")}
     if any(m.endswith("bf16") for m in modes):
         ctx["bf16"] = load_model(path, "bfloat16")
-    ntok = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    ntok = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
     default_mode = JudgeConfig().mode
     for name in ("fp32", "bf16"):  # warm-up, untimed: the first forward pass pays one-off set-up costs
         if name in ctx:

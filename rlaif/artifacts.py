@@ -27,8 +27,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rlaif.errors import RlaifError
 
@@ -186,7 +187,7 @@ class RunDir:
     def lock(self):
         """One rlaif process per run folder at a time."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fh = open(self.root / ".lock", "w")
+        fh = open(self.root / ".lock", "w")  # noqa: SIM115 (held open: the lock lives as long as the handle)
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

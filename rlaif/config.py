@@ -148,7 +148,7 @@ class WandbConfig:
     project: str = _f("rlaif", "W&B project.")
     entity: str | None = _f(None, "W&B entity (team or user).")
     name: str | None = _f(None, "Run name (default: the run folder's name).")
-    tags: list[str] = _f([], "Run tags.")
+    tags: list[str] = _f([], "Run tags.")  # noqa: RUF009 (_f gives lists a default_factory)
 
 
 # rlaif's defaults under the user's `dpo` section. TRL's own defaults (lr 1e-6, gradient

@@ -11,9 +11,10 @@ every view is most of a judge's cost on a CPU, where prefill is compute-bound. W
 
 Shared prefixes are longest common prefixes of the *token ids* of the full texts, so the
 concatenation of the three segments is exactly the tokenisation of the full text. Segments are
-right-padded; pads are masked out and every real token gets its true position id, so a row's
-tokens see exactly what they would see without the cache (tested to tolerance in
-tests/test_judge_modes.py). Logits are computed only at each row's last real position.
+padded (group segments on the right, suffixes on the left, so every row ends in the last column);
+pads are masked out and every real token gets its true position id, so a row's tokens see exactly
+what they would see without the cache (tested to tolerance in tests/test_judge_modes.py). Logits
+are computed only at the last position.
 """
 
 import torch
@@ -83,6 +84,7 @@ def last_logits_cached(model, seqs: list[list[int]], groups: list, batch_size: i
     for idx in members.values():
         rest = [seqs[i][p0:] for i in idx]
         plan.append((idx, min(lcp_len(rest), min(len(r) for r in rest) - 1) if len(idx) > 1 else 0))
+    plan.sort(key=lambda item: max(len(seqs[i]) - p0 - item[1] for i in item[0]))  # similar suffix lengths share a batch
     chunk: list = []
     for item in plan + [None]:
         if item is not None and (not chunk or sum(len(m) for m, _ in chunk) + len(item[0]) <= batch_size):
@@ -115,18 +117,23 @@ def _run_chunk(model, seqs, chunk, p0, kv0, pad_id, dev, config):
             row_group.append(gi)
             sufs.append(seqs[i][p0 + g :])
     rg = torch.tensor(row_group, dtype=torch.long)
-    ids2, m2 = _pad_right(sufs, pad_id)
+    # suffixes are left-padded *after* the shared prefix: every row ends in the last column, so the
+    # lm head runs on one position; the pads are masked and real tokens keep their true positions
+    width = max(len(s) for s in sufs)
+    ids2 = torch.full((len(sufs), width), pad_id, dtype=torch.long)
+    m2 = torch.zeros((len(sufs), width), dtype=torch.long)
+    pos2 = torch.zeros((len(sufs), width), dtype=torch.long)
+    for r, s in enumerate(sufs):
+        ids2[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        m2[r, width - len(s) :] = 1
+        start = p0 + chunk[row_group[r]][1]
+        pos2[r, width - len(s) :] = torch.arange(start, start + len(s))
     mask2 = torch.cat([mask1[rg], m2], dim=1)
-    start = torch.tensor([p0 + chunk[g][1] for g in row_group])
-    pos2 = start[:, None] + torch.arange(ids2.shape[1])[None, :]
-    last = torch.tensor([len(s) - 1 for s in sufs])
-    keep = torch.unique(last)  # the lm head runs only on positions some row ends at
     out2 = model(
         input_ids=ids2.to(dev), attention_mask=mask2.to(dev), position_ids=pos2.to(dev),
-        past_key_values=_cache(kv1, rg.to(dev), config), logits_to_keep=keep.to(dev),
+        past_key_values=_cache(kv1, rg.to(dev), config), logits_to_keep=1,
     )
-    col = torch.searchsorted(keep, last)
-    yield rows, out2.logits[torch.arange(len(rows)), col.to(dev)].float()
+    yield rows, out2.logits[:, -1].float()
 
 
 def last_logprobs(model, seqs: list[list[int]], token_ids: list[int], batch_size: int, pad_id: int,

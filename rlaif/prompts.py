@@ -66,7 +66,7 @@ def _hub_rows(cfg: PromptsConfig) -> list[dict]:
 
     try:
         ds = datasets.load_dataset(cfg.path, cfg.hub_config, split=cfg.hub_split)
-    except Exception as exc:  # datasets raises many types for "not reachable / not found"
+    except Exception as exc:  # noqa: BLE001 (datasets raises many types for "not reachable / not found")
         raise RlaifError(f"could not load hub dataset {cfg.path!r}: {str(exc).splitlines()[0]}") from None
     return list(ds)
 

@@ -1,11 +1,17 @@
 from pathlib import Path
 
 import pytest
-
-from rlaif.config import DPO_DEFAULTS, build_dpo_config, build_lora_config, load_recipe, recipe_from_dict, reference_markdown
-from rlaif.errors import RlaifError
-
 from conftest import REPO
+
+from rlaif.config import (
+    DPO_DEFAULTS,
+    build_dpo_config,
+    build_lora_config,
+    load_recipe,
+    recipe_from_dict,
+    reference_markdown,
+)
+from rlaif.errors import RlaifError
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
@@ -47,7 +53,7 @@ def test_wrong_type_names_key(tmp_path):
         load_recipe(write(tmp_path, "generate:\n  num_candidates: four\n"))
     with pytest.raises(RlaifError, match=r"pairs\.drop_empty must be bool"):
         load_recipe(write(tmp_path, "pairs:\n  drop_empty: 3\n"))
-    with pytest.raises(RlaifError, match=r"judge\.model must be one of \['policy', 'base'\]"):
+    with pytest.raises(RlaifError, match=r"judge\.model must be `policy`, `base`, a hub id"):
         load_recipe(write(tmp_path, "judge:\n  model: other\n"))
 
 

@@ -3,12 +3,11 @@
 import importlib.util
 
 import pytest
+from conftest import write_recipe
 from safetensors.torch import load_file
 
 from rlaif.artifacts import STAGES, read_json, read_jsonl
 from rlaif.cli import main
-
-from conftest import write_recipe
 
 pytestmark = [
     pytest.mark.integration,

@@ -2,13 +2,12 @@ import json
 from collections import Counter
 
 import pytest
+from conftest import SHARED_DATA
 
 from rlaif.config import PromptsConfig
 from rlaif.errors import RlaifError
 from rlaif.models import load_tokenizer
 from rlaif.prompts import load_pool, normalise, select_round
-
-from conftest import SHARED_DATA
 
 SELF_INSTRUCT = SHARED_DATA / "self_instruct_seed_tasks.jsonl"
 

@@ -1,10 +1,11 @@
+import dataclasses
 import math
 
 import pytest
 
 from rlaif.config import PairsConfig
-from rlaif.judge import Comparison, combine_orders, judge_candidates, verdict_metrics
 from rlaif.constitution import load_constitution
+from rlaif.judge import Comparison, combine_orders, judge_candidates, verdict_metrics
 from rlaif.pairs import build_pairs
 from rlaif.rank import bradley_terry, rank_all, rank_candidates, win_matrix
 
@@ -136,5 +137,5 @@ def test_all_ranked_strategy():
 
 def test_comparison_is_frozen():
     c = Comparison("p", "a", "b", "x")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.prompt = "q"
