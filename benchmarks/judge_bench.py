@@ -55,6 +55,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-limit", type=int, default=14, help="pairs for bf16 and the text baseline")
     p.add_argument("--critique-limit", type=int, default=7, help="pairs for the critique modes")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--chunk", type=int, default=14, help="pairs per judge call; modes take turns chunk by chunk")
     p.add_argument("--baseline-tokens", type=int, default=64, help="max new tokens of the text baseline")
     p.add_argument("--critique-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -240,15 +241,26 @@ def main(argv=None) -> int:
     for name in ("fp32", "bf16"):  # warm-up, untimed: the first forward pass pays one-off set-up costs
         if name in ctx:
             pairwise_run(ModelJudge(ctx[name], tok, ctx["const"], args.batch_size), pairs[:2], ctx["const"], args.seed)
+    limit = {m: min(n_sub if any(x in m for x in EXPENSIVE) else n_all, args.critique_limit if "critique" in m else n_all)
+             for m in modes}
+    rows_of: dict[str, list[dict]] = {m: [] for m in modes}
+    secs = dict.fromkeys(modes, 0.0)
+    # modes take turns chunk by chunk, so that load from other processes on a shared machine falls
+    # on every mode alike; each chunk is one judge call (the shared prefix is recomputed per call)
+    for lo in range(0, n_all, args.chunk):
+        for mode in modes:
+            hi = min(lo + args.chunk, limit[mode])
+            if hi <= lo:
+                continue
+            print(f"[bench] {mode}: pairs {lo}-{hi - 1} ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            rows_of[mode] += run_mode(mode, ctx, pairs[lo:hi], args)
+            secs[mode] += time.perf_counter() - t0
     results = []
     for mode in modes:
-        n = n_sub if any(x in mode for x in EXPENSIVE) else n_all
-        n = min(n, args.critique_limit) if "critique" in mode else n
-        print(f"[bench] {mode}: {n} pairs ...", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        rows = run_mode(mode, ctx, pairs[:n], args)
-        res = summarize(mode, rows, pairs[:n], time.perf_counter() - t0, n_sub, ntok)
-        print(f"[bench] {mode}: accuracy {res['accuracy']:.3f}, {res['verdicts_per_s']:.3f} verdicts/s", file=sys.stderr, flush=True)
+        rows = rows_of[mode]
+        res = summarize(mode, rows, pairs[: len(rows)], secs[mode], n_sub, ntok)
+        print(f"[bench] {mode}: accuracy {res['accuracy']:.3f}, {res['verdicts_per_s']:.3f} verdicts/s", file=sys.stderr)
         res["rows"] = rows
         results.append(res)
     print(f"\nJudge benchmark: {Path(args.judge_set).name}, model {args.model}, torch threads {torch.get_num_threads()}, "
