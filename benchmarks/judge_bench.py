@@ -7,6 +7,9 @@
 better (categories: fact, arithmetic, on_topic, constraint, safety, complete, concise). Pairs are
 taken round-robin over categories, so any ``--limit`` is balanced.
 
+Cost is reported in CPU-seconds per verdict (this process's CPU time, all threads), which another
+process on a shared machine disturbs far less than wall-clock time; verdicts/s is wall-clock.
+
 A *verdict* is one pair judged: pairwise = both orders (two forward passes), pointwise = both answers
 scored (two forward passes), text baseline = both answers scored by generating text (two generations).
 Accuracy is the share of pairs where the judge prefers the better answer (pairwise: both orders
@@ -157,6 +160,7 @@ def summarize(mode: str, rows: list[dict], pairs: list[dict], seconds: float, n_
         res["position_bias_p_first"] = sum(r["p_first"] for r in rows) / len(rows)
     if "parse_failures" in rows[0]:
         res["parse_failure_rate"] = sum(r["parse_failures"] for r in rows) / (2 * len(rows))
+        res["accuracy_strict"] = sum(r["p_better"] > 0.5 and not r["parse_failures"] for r in rows) / len(rows)
     if "score_better" in rows[0] and "parse_failures" not in rows[0]:
         xs = [r["score_better"] for r in rows] + [r["score_worse"] for r in rows]
         res["score_spread"] = pearson(xs, [1.0] * len(rows) + [0.0] * len(rows))  # point-biserial
@@ -183,18 +187,19 @@ def fmt(x, spec=".2f") -> str:
 
 
 def table(results: list[dict]) -> str:
-    head = ["mode", "pairs", "acc", "acc@sub", "agree", "P(first)", "len corr", "parse fail", "verdicts/s", "s/verdict"]
+    head = ["mode", "pairs", "acc", "acc@sub", "agree", "P(first)", "len corr", "parse fail", "verdicts/s", "CPU-s/verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         lines.append("| " + " | ".join([
             r["mode"], str(r["pairs"]), fmt(r["accuracy"]), fmt(r["accuracy_subset"]), fmt(r.get("order_agreement")),
             fmt(r.get("position_bias_p_first")), fmt(r["length_corr"]), fmt(r.get("parse_failure_rate")),
-            fmt(r["verdicts_per_s"], ".3f"), fmt(r["s_per_verdict"], ".3f"),
+            fmt(r["verdicts_per_s"], ".3f"), fmt(r["cpu_s_per_verdict"], ".2f"),
         ]) + " |")
     return "\n".join(lines)
 
 
 def ratios(results: list[dict], default_mode: str) -> list[str]:
+    """Cost ratios in CPU-seconds per verdict (robust to other processes on a shared machine)."""
     by = {r["mode"]: r for r in results}
     out = []
     base = by.get("text-baseline")
@@ -203,18 +208,20 @@ def ratios(results: list[dict], default_mode: str) -> list[str]:
             d = by[m]
             out.append(
                 f"{'default' if m == default_mode else 'other'} mode `{m}` vs text baseline: "
-                f"{base['s_per_verdict'] / d['s_per_verdict']:.1f}x cheaper per verdict; accuracy "
-                f"{d['accuracy_subset']:.2f} vs {base['accuracy_subset']:.2f} on the same {base['pairs']} pairs "
-                f"(baseline parse failures: {base['parse_failure_rate']:.0%} of answers, scored as ties)"
+                f"{base['cpu_s_per_verdict'] / d['cpu_s_per_verdict']:.1f}x cheaper per verdict (CPU-s; wall-clock "
+                f"{base['s_per_verdict'] / d['s_per_verdict']:.1f}x); accuracy {d['accuracy_subset']:.2f} vs "
+                f"{base['accuracy_subset']:.2f} on the same {base['pairs']} pairs (baseline: {base['parse_failure_rate']:.0%} "
+                f"of answers unparsable, scored as ties; {base['accuracy_strict']:.2f} if they count as wrong)"
             )
     for m in ("pairwise", "pointwise"):
         if m in by and f"{m}-nocache" in by:
             a, b = by[m], by[f"{m}-nocache"]
-            out.append(f"prefix cache, {m}: {b['s_per_verdict'] / a['s_per_verdict']:.2f}x faster "
-                       f"({b['s_per_verdict']:.3f} -> {a['s_per_verdict']:.3f} s/verdict)")
+            out.append(f"prefix cache, {m}: {b['cpu_s_per_verdict'] / a['cpu_s_per_verdict']:.2f}x less CPU per verdict "
+                       f"({b['cpu_s_per_verdict']:.2f} -> {a['cpu_s_per_verdict']:.2f} CPU-s; wall-clock "
+                       f"{b['s_per_verdict'] / a['s_per_verdict']:.2f}x), same accuracy {a['accuracy']:.2f}")
         if m in by and f"{m}-bf16" in by:
             a, b = by[m], by[f"{m}-bf16"]
-            out.append(f"bf16, {m}: {a['s_per_verdict'] / b['s_per_verdict']:.2f}x the fp32 speed, accuracy "
+            out.append(f"bf16, {m}: {b['cpu_s_per_verdict'] / a['cpu_s_per_verdict']:.2f}x the fp32 CPU cost, accuracy "
                        f"{b['accuracy_subset']:.2f} vs {a['accuracy_subset']:.2f} on the same pairs")
     return out
 
@@ -244,7 +251,7 @@ def main(argv=None) -> int:
     limit = {m: min(n_sub if any(x in m for x in EXPENSIVE) else n_all, args.critique_limit if "critique" in m else n_all)
              for m in modes}
     rows_of: dict[str, list[dict]] = {m: [] for m in modes}
-    secs = dict.fromkeys(modes, 0.0)
+    secs, cpu = dict.fromkeys(modes, 0.0), dict.fromkeys(modes, 0.0)
     # modes take turns chunk by chunk, so that load from other processes on a shared machine falls
     # on every mode alike; each chunk is one judge call (the shared prefix is recomputed per call)
     for lo in range(0, n_all, args.chunk):
@@ -253,13 +260,15 @@ def main(argv=None) -> int:
             if hi <= lo:
                 continue
             print(f"[bench] {mode}: pairs {lo}-{hi - 1} ...", file=sys.stderr, flush=True)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             rows_of[mode] += run_mode(mode, ctx, pairs[lo:hi], args)
             secs[mode] += time.perf_counter() - t0
+            cpu[mode] += time.process_time() - c0
     results = []
     for mode in modes:
         rows = rows_of[mode]
         res = summarize(mode, rows, pairs[: len(rows)], secs[mode], n_sub, ntok)
+        res["cpu_s_per_verdict"] = cpu[mode] / len(rows)
         print(f"[bench] {mode}: accuracy {res['accuracy']:.3f}, {res['verdicts_per_s']:.3f} verdicts/s", file=sys.stderr)
         res["rows"] = rows
         results.append(res)

@@ -88,7 +88,7 @@ class GenerateConfig:
 class JudgeConfig:
     constitution: str = _f("default", "`default` (the bundled constitution) or a path to a constitution YAML.")
     mode: Literal["pairwise", "pointwise"] = _f(
-        "pairwise",
+        "pointwise",
         "`pairwise`: soft A/B verdicts, every pair in both orders; `pointwise`: each candidate's expected "
         "score on the constitution's additive 0-5 rubric, p_i = 0.5 + (s_i - s_j)/10. "
         "See README, How good is the judge?",
