@@ -87,11 +87,31 @@ class GenerateConfig:
 @dataclass
 class JudgeConfig:
     constitution: str = _f("default", "`default` (the bundled constitution) or a path to a constitution YAML.")
-    model: Literal["policy", "base"] = _f(
-        "policy", "`policy`: the same weights with the current adapter; `base`: the frozen base model."
+    mode: Literal["pairwise", "pointwise"] = _f(
+        "pointwise",
+        "`pairwise`: soft A/B verdicts, every pair in both orders; `pointwise`: each candidate's expected "
+        "score on the constitution's additive 0-5 rubric, p_i = 0.5 + (s_i - s_j)/10. "
+        "See README, How good is the judge?",
+    )
+    model: str = _f(
+        "policy",
+        "`policy`: the same weights with the current adapter; `base`: the frozen base model; or another "
+        "model (hub id or local folder, with its own tokenizer).",
     )
     principles: Literal["sample", "all"] = _f(
-        "sample", "`sample` one principle per comparison (Constitutional AI) or show `all` of them."
+        "sample", "`sample` one principle per comparison (Constitutional AI) or show `all` of them (pairwise)."
+    )
+    critique: bool = _f(
+        False, "Have the judge write a short critique before its verdict (for larger models; ~50x the cost)."
+    )
+    critique_tokens: int = _f(48, "Longest critique, in tokens (greedy).")
+    prefix_cache: bool = _f(
+        True, "Compute the shared prompt prefix (system + constitution + request) once per group of verdicts."
+    )
+    reference_agreement: bool = _f(
+        False,
+        "Also judge with the frozen base model and report agreement (a second judge pass: doubles the "
+        "judge stage from round 2 on; free when the judge is the base).",
     )
     batch_size: int = _f(8, "Judge prompts per forward pass.")
 
@@ -404,6 +424,7 @@ def _check_values(r: Recipe) -> None:
         "generate.max_new_tokens": r.generate.max_new_tokens,
         "generate.batch_size": r.generate.batch_size,
         "judge.batch_size": r.judge.batch_size,
+        "judge.critique_tokens": r.judge.critique_tokens,
     }
     for key, value in positive.items():
         if value < 1:
@@ -418,8 +439,25 @@ def _check_values(r: Recipe) -> None:
         raise RlaifError(f"{s}: pairs.min_margin must be in [0, 0.5), got {r.pairs.min_margin}")
     if not 0 <= r.prompts.heldout_fraction < 1:
         raise RlaifError(f"{s}: prompts.heldout_fraction must be in [0, 1), got {r.prompts.heldout_fraction}")
+    _check_judge_model(r.judge.model, s)
     if r.prompts.source in ("file", "hub") and not r.prompts.path:
         raise RlaifError(f"{s}: prompts.path is required when prompts.source is '{r.prompts.source}'")
+
+
+def _check_judge_model(value: str, source: str) -> None:
+    """``judge.model`` is policy, base, bundled, an existing folder, or something shaped like a hub id."""
+    if value in ("policy", "base", "bundled", "smollm2-135m-instruct"):
+        return
+    path = Path(value).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise RlaifError(f"{source}: judge.model folder {path} has no config.json")
+        return
+    if not value.strip() or value.startswith((".", "/", "~")) or value.count("/") != 1:
+        raise RlaifError(
+            f"{source}: judge.model must be `policy`, `base`, a hub id (owner/name) or an existing model folder, "
+            f"got {value!r}"
+        )
 
 
 # ---------------------------------------------------------------- files and overrides

@@ -14,6 +14,29 @@ import yaml
 from rlaif.errors import RlaifError
 
 PLACEHOLDERS = {"principle", "prompt", "answer_a", "answer_b"}
+POINTWISE_PLACEHOLDERS = {"prompt", "answer"}
+
+
+@dataclass(frozen=True)
+class Rubric:
+    """Pointwise scoring (``judge.mode: pointwise``): a template for one answer and its score labels."""
+
+    template: str
+    labels: tuple[str, ...]  # each one token; its value is the number it spells
+    answer_prefix: str
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        return tuple(float(x) for x in self.labels)
+
+
+@dataclass(frozen=True)
+class Critique:
+    """``judge.critique: true``: ask for a short written critique, then read the verdict after it."""
+
+    instruction: str  # appended to the user message
+    pairwise_prefix: str  # written after the critique, before the label (pairwise)
+    pointwise_prefix: str  # written after the critique, before the score (pointwise)
 
 
 @dataclass(frozen=True)
@@ -31,12 +54,30 @@ class Constitution:
     answer_prefix: str
     principles: tuple[Principle, ...]
     source: str
+    pointwise: Rubric | None = None
+    critique: Critique | None = None
 
-    def render(self, principle: str, prompt: str, answer_a: str, answer_b: str) -> list[dict]:
+    def render(self, principle: str, prompt: str, answer_a: str, answer_b: str, critique: bool = False) -> list[dict]:
         """Chat messages for one comparison."""
         user = self.template.format(principle=principle, prompt=prompt, answer_a=answer_a, answer_b=answer_b)
+        return self._messages(user, critique)
+
+    def render_pointwise(self, prompt: str, answer: str, critique: bool = False) -> list[dict]:
+        """Chat messages that ask for one answer's rubric score."""
+        return self._messages(self.require("pointwise").template.format(prompt=prompt, answer=answer), critique)
+
+    def _messages(self, user: str, critique: bool) -> list[dict]:
+        if critique:
+            user = user + "\n\n" + self.require("critique").instruction
         messages = [{"role": "system", "content": self.system}] if self.system else []
         return messages + [{"role": "user", "content": user}]
+
+    def require(self, section: str):
+        value = getattr(self, section)
+        if value is None:
+            need = "judge.mode: pointwise" if section == "pointwise" else "judge.critique: true"
+            raise RlaifError(f"constitution {self.source}: {need} needs a '{section}' section (see the default constitution)")
+        return value
 
     def all_principles_text(self) -> str:
         return " ".join(p.text for p in self.principles)
@@ -63,7 +104,7 @@ def constitution_from_dict(raw, source: str = "<constitution>") -> Constitution:
 
     if not isinstance(raw, dict):
         raise bad("must be a mapping with principles, template and labels")
-    known = {"name", "version", "system", "template", "labels", "answer_prefix", "principles"}
+    known = {"name", "version", "system", "template", "labels", "answer_prefix", "principles", "pointwise", "critique"}
     for key in raw:
         if key not in known:
             raise bad(f"unknown key '{key}' (known: {', '.join(sorted(known))})")
@@ -112,4 +153,57 @@ def constitution_from_dict(raw, source: str = "<constitution>") -> Constitution:
         answer_prefix=prefix,
         principles=tuple(parsed),
         source=source,
+        pointwise=_rubric(raw.get("pointwise"), bad),
+        critique=_critique(raw.get("critique"), bad),
     )
+
+
+def _template_fields(template, where: str, bad) -> set[str]:
+    if not isinstance(template, str) or not template.strip():
+        raise bad(f"'{where}' must be a non-empty string")
+    try:
+        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise bad(f"'{where}' is not a valid format string ({exc}); write literal braces as {{{{ }}}}") from None
+
+
+def _rubric(raw, bad) -> Rubric | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise bad("'pointwise' must be a mapping with template, labels and answer_prefix")
+    for key in raw:
+        if key not in ("template", "labels", "answer_prefix"):
+            raise bad(f"unknown key 'pointwise.{key}' (known: answer_prefix, labels, template)")
+    fields = _template_fields(raw.get("template"), "pointwise.template", bad)
+    if fields != POINTWISE_PLACEHOLDERS:
+        raise bad(f"'pointwise.template' must use exactly {{prompt}} {{answer}}, found {sorted(fields)}")
+    labels = raw.get("labels")
+    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, (str, int)) for x in labels)):
+        raise bad("'pointwise.labels' must be a list of at least two score labels, e.g. ['1', '2', '3', '4', '5']")
+    labels = [str(x) for x in labels]
+    try:
+        values = [float(x) for x in labels]
+    except ValueError:
+        raise bad(f"'pointwise.labels' must spell numbers (their values are the scores), got {labels}") from None
+    if len(set(values)) != len(values):
+        raise bad(f"'pointwise.labels' must be distinct, got {labels}")
+    prefix = raw.get("answer_prefix", "")
+    if not isinstance(prefix, str):
+        raise bad("'pointwise.answer_prefix' must be a string")
+    return Rubric(raw["template"], tuple(labels), prefix)
+
+
+def _critique(raw, bad) -> Critique | None:
+    if raw is None:
+        return None
+    keys = ("instruction", "pairwise_prefix", "pointwise_prefix")
+    if not isinstance(raw, dict):
+        raise bad("'critique' must be a mapping with " + ", ".join(keys))
+    for key in raw:
+        if key not in keys:
+            raise bad(f"unknown key 'critique.{key}' (known: {', '.join(keys)})")
+    for key in keys:
+        if not isinstance(raw.get(key), str) or not raw[key].strip():
+            raise bad(f"'critique.{key}' must be a non-empty string")
+    return Critique(raw["instruction"].strip(), raw["pairwise_prefix"], raw["pointwise_prefix"])

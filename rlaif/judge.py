@@ -14,13 +14,21 @@ answer labels rather than parsing generated text. Where we deviate, and why:
 - K candidates are compared as a full round robin (K·(K−1)/2 pairs, twice each), ranked in
   :mod:`rlaif.rank`.
 
-A verdict needs one forward pass and the logits of the last position only (``logits_to_keep=1``).
-A failed verdict (non-finite logits) is a NaN value, counted, never an exception mid-round.
+Modes (``judge.mode``): ``pairwise`` (above, :class:`ModelJudge`) and ``pointwise`` (an additive
+rubric scored as an expected value, :class:`PointwiseJudge`); ``judge.critique`` adds a short written
+critique before the verdict (Constitutional AI's chain-of-thought variant, §4.2), which pays off only
+for models large enough to reason in text.
+
+A verdict needs one forward pass and the logits of the last position only; the tokens comparisons
+share are computed once (:mod:`rlaif.lastpos`). A failed verdict (non-finite logits) is a NaN value,
+counted, never an exception mid-round. How good each mode is on the bundled model:
+``benchmarks/judge_bench.py`` and README's "How good is the judge?".
 """
 
 import itertools
 import math
 import random
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +38,7 @@ from tqdm.auto import tqdm
 from rlaif.constitution import Constitution
 from rlaif.errors import RlaifError
 from rlaif.generate import derive_seed
+from rlaif.lastpos import last_logprobs
 
 
 @dataclass(frozen=True)
@@ -74,58 +83,204 @@ def combine_orders(logodds_ij: float, logodds_ji: float) -> dict:
 
 
 class ModelJudge:
-    """A causal LM as a pairwise judge: log-odds of the constitution's two labels, next token."""
+    """A causal LM as a pairwise judge: log-odds of the constitution's two labels, next token.
 
-    def __init__(self, model, tokenizer, constitution: Constitution, batch_size: int = 8):
+    ``prefix_cache`` computes the tokens that comparisons share (system + constitution, then the
+    request under one principle) once (:mod:`rlaif.lastpos`); ``critique`` first has the model write
+    a short critique (greedy, ``critique_tokens``) and reads the label after it.
+    """
+
+    pointwise = False
+
+    def __init__(self, model, tokenizer, constitution: Constitution, batch_size: int = 8,
+                 prefix_cache: bool = True, critique: bool = False, critique_tokens: int = 48):
         self.model, self.tokenizer, self.constitution, self.batch_size = model, tokenizer, constitution, batch_size
+        self.prefix_cache, self.critique, self.critique_tokens = prefix_cache, critique, critique_tokens
         self.label_ids = label_token_ids(tokenizer, constitution)
+        if critique:
+            self.verdict_prefix, self.label_ids = critique_label_ids(
+                tokenizer, constitution, constitution.require("critique").pairwise_prefix, constitution.labels
+            )
         self.last_label_mass: list[float] = []
+        self.last_critiques: list[str] = []
 
     def text(self, c: Comparison) -> str:
-        messages = self.constitution.render(c.principle, c.prompt, c.answer_a, c.answer_b)
+        messages = self.constitution.render(c.principle, c.prompt, c.answer_a, c.answer_b, critique=self.critique)
         prefix = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return prefix + self.constitution.answer_prefix
+        return prefix if self.critique else prefix + self.constitution.answer_prefix
 
-    @torch.no_grad()
     def __call__(self, comparisons: list[Comparison]) -> list[float]:
         texts = [self.text(c) for c in comparisons]
-        lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])  # similar lengths share a batch
-        logodds, mass = [math.nan] * len(texts), [math.nan] * len(texts)
-        a, b = self.label_ids
-        bar = tqdm(total=len(texts), desc="judge", unit="view", leave=False)
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s : s + self.batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = enc.to(self.model.device)
-            logits = self.model(**enc, logits_to_keep=1).logits[:, -1].float()
-            logp = torch.log_softmax(logits, dim=-1)
-            for row, i in enumerate(idx):
-                la, lb = logp[row, a].item(), logp[row, b].item()
-                if math.isfinite(la) and math.isfinite(lb):
-                    logodds[i] = la - lb
-                    mass[i] = math.exp(la) + math.exp(lb)
-            bar.update(len(idx))
-        bar.close()
-        self.last_label_mass = mass
+        groups = [(c.prompt, c.principle) for c in comparisons]
+        logp, self.last_critiques = read_labels(self, texts, groups, self.label_ids)
+        logodds = [a - b if math.isfinite(a) and math.isfinite(b) else math.nan for a, b in logp.tolist()]
+        self.last_label_mass = [label_mass(row) for row in logp.tolist()]
         return logodds
+
+
+class PointwiseJudge:
+    """A causal LM as a rubric scorer: the expected score over the score labels' next-token probabilities.
+
+    Follows Self-Rewarding Language Models (Yuan et al. 2024) in scoring each answer on its own with
+    an additive 5-point rubric (the constitution's ``pointwise`` section). Deviation: the paper
+    samples a written justification and parses "Score: N"; we read the probabilities of the score
+    labels after ``Score: `` and take the expected value, one forward pass per answer (optionally
+    after a written critique). Each answer is scored once and reused in every pair it is in.
+    """
+
+    pointwise = True
+
+    def __init__(self, model, tokenizer, constitution: Constitution, batch_size: int = 8,
+                 prefix_cache: bool = True, critique: bool = False, critique_tokens: int = 48):
+        self.model, self.tokenizer, self.constitution, self.batch_size = model, tokenizer, constitution, batch_size
+        self.prefix_cache, self.critique, self.critique_tokens = prefix_cache, critique, critique_tokens
+        self.rubric = constitution.require("pointwise")
+        prefix = constitution.require("critique").pointwise_prefix if critique else self.rubric.answer_prefix
+        self.score_prefix, self.label_ids = critique_label_ids(
+            tokenizer, constitution, prefix, self.rubric.labels, pointwise=True, after_critique=critique
+        )
+        self.last_critiques: list[str] = []
+
+    def text(self, prompt: str, answer: str) -> str:
+        messages = self.constitution.render_pointwise(prompt, answer, critique=self.critique)
+        prefix = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return prefix if self.critique else prefix + self.score_prefix
+
+    def __call__(self, items: list[tuple[str, str]]) -> list[dict]:
+        """Per (prompt, answer): ``score`` (expected value), ``probs`` over the labels, ``label_mass``."""
+        texts = [self.text(p, a) for p, a in items]
+        logp, self.last_critiques = read_labels(self, texts, [p for p, _ in items], self.label_ids)
+        out = []
+        for row in logp.tolist():
+            score, probs = expected_score(row, self.rubric.values)
+            out.append({"score": score, "probs": probs, "label_mass": label_mass(row)})
+        return out
+
+
+def read_labels(judge, texts: list[str], groups: list, label_ids: list[int]) -> tuple[torch.Tensor, list[str]]:
+    """log P(label) at the end of each text (after a generated critique if the judge asks for one)."""
+    critiques: list[str] = []
+    if judge.critique:
+        critiques = [trim_critique(t) for t in greedy_generate(judge.model, judge.tokenizer, texts, judge.critique_tokens, judge.batch_size)]
+        prefix = judge.verdict_prefix if not judge.pointwise else judge.score_prefix
+        texts = [t + c + prefix for t, c in zip(texts, critiques)]
+    seqs = [judge.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    bar = tqdm(total=len(seqs), desc="judge", unit="view", leave=False)
+    logp = last_logprobs(judge.model, seqs, label_ids, judge.batch_size, judge.tokenizer.pad_token_id,
+                         groups=groups, prefix_cache=judge.prefix_cache, progress=bar.update)
+    bar.close()
+    return logp, critiques
+
+
+def trim_critique(text: str) -> str:
+    """The critique up to where the model starts its own verdict (we write the verdict line ourselves)."""
+    cut = re.search(r"\n?\s*(verdict|score)\s*:", text, flags=re.IGNORECASE)
+    return (text[: cut.start()] if cut else text).rstrip()
+
+
+def label_mass(logps: list[float]) -> float:
+    return sum(math.exp(x) for x in logps) if all(math.isfinite(x) for x in logps) else math.nan
+
+
+def expected_score(logps: list[float], values: tuple[float, ...] | list[float]) -> tuple[float, list[float]]:
+    """E[score] under the score labels' probabilities renormalised over the labels (NaN if failed)."""
+    if not logps or not all(math.isfinite(x) for x in logps):
+        return math.nan, [math.nan] * len(values)
+    top = max(logps)
+    w = [math.exp(x - top) for x in logps]
+    z = sum(w)
+    probs = [x / z for x in w]
+    return sum(p * v for p, v in zip(probs, values)), probs
+
+
+def pointwise_p(score_i: float, score_j: float, lo: float, hi: float) -> float:
+    """P(i better) from two expected scores: 0.5 + (s_i − s_j) / (2·(hi − lo)), in [0, 1].
+
+    Linear, so p_i > 0.5 exactly when i's expected score is higher, and a one-point difference on a
+    0–5 scale is p = 0.6 (``pairs.min_margin`` 0.05 asks for half a point).
+    """
+    if math.isnan(score_i) or math.isnan(score_j):
+        return math.nan
+    return 0.5 + (score_i - score_j) / (2 * (hi - lo))
+
+
+@torch.no_grad()
+def greedy_generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy continuations of already-templated texts (left-padded batches), special tokens dropped."""
+    out = [""] * len(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = enc.to(model.device)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+            for r, i in enumerate(idx):
+                out[i] = tokenizer.decode(gen[r, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def build_judge(cfg, model, tokenizer, constitution: Constitution):
+    """The judge a recipe's ``judge`` section asks for (mode, critique, prefix cache, batch size)."""
+    cls = PointwiseJudge if cfg.mode == "pointwise" else ModelJudge
+    return cls(model, tokenizer, constitution, cfg.batch_size, prefix_cache=cfg.prefix_cache,
+               critique=cfg.critique, critique_tokens=cfg.critique_tokens)
+
+
+def continuation_ids(tokenizer, prefix: str, labels) -> tuple[str, list[int]] | str:
+    """(text to end the prompt with, each label's token id after it), or the first label that fails.
+
+    A label must add exactly one token after ``prefix``. Where the prefix ends in a space that the
+    tokenizer would merge into the label (``"Answer " + "A"`` → ``" A"``), the space moves into the label.
+    """
+    tries = [(prefix, "")] + ([(prefix.rstrip(" "), " ")] if prefix.endswith(" ") else [])
+    failed = labels[0]
+    for pre, sep in tries:
+        base = tokenizer(pre, add_special_tokens=False)["input_ids"]
+        ids = []
+        for label in labels:
+            full = tokenizer(pre + sep + label, add_special_tokens=False)["input_ids"]
+            if full[: len(base)] != base or len(full) != len(base) + 1:
+                failed = label
+                break
+            ids.append(full[-1])
+        else:
+            return pre, ids
+    return failed
 
 
 def label_token_ids(tokenizer, constitution: Constitution) -> tuple[int, int]:
     """The token id each label adds after the judge prompt; each label must be exactly one token."""
     probe = constitution.render("p", "q", "x", "y")
     prefix = tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False) + constitution.answer_prefix
-    base = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    ids = []
-    for label in constitution.labels:
-        full = tokenizer(prefix + label, add_special_tokens=False)["input_ids"]
-        if full[: len(base)] != base or len(full) != len(base) + 1:
-            raise RlaifError(
-                f"constitution {constitution.source}: label {label!r} is not a single token for this "
-                "tokenizer after the judge prompt; choose other labels or answer_prefix"
-            )
-        ids.append(full[-1])
-    return ids[0], ids[1]
+    got = continuation_ids(tokenizer, prefix, constitution.labels)
+    if isinstance(got, str) or got[0] != prefix:
+        label = got if isinstance(got, str) else constitution.labels[0]
+        raise RlaifError(
+            f"constitution {constitution.source}: label {label!r} is not a single token for this "
+            "tokenizer after the judge prompt; choose other labels or answer_prefix"
+        )
+    return got[1][0], got[1][1]
+
+
+def critique_label_ids(tokenizer, constitution: Constitution, prefix: str, labels, pointwise: bool = False,
+                       after_critique: bool = True) -> tuple[str, list[int]]:
+    """(prefix to write, label ids) for reading labels after ``prefix`` (after a critique or the rubric)."""
+    probe = constitution.render_pointwise("q", "x", after_critique) if pointwise else constitution.render("p", "q", "x", "y", True)
+    head = tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+    head += "The answer is fine." if after_critique else ""
+    got = continuation_ids(tokenizer, head + prefix, labels)
+    if isinstance(got, str):
+        what = "critique prefix" if after_critique else "pointwise.answer_prefix"
+        raise RlaifError(
+            f"constitution {constitution.source}: label {got!r} is not a single token for this tokenizer "
+            f"after the {what} {prefix!r}; choose other labels or prefix"
+        )
+    return got[0][len(head) :], got[1]
 
 
 def pick_principle(constitution: Constitution, mode: str, seed: int, prompt_id: str, i: int, j: int) -> tuple[str, str]:
@@ -144,10 +299,13 @@ def judge_candidates(
     principles: str,
     seed: int,
 ) -> list[dict]:
-    """Verdict rows for every pair (i < j) of each prompt's candidates, both orders."""
+    """Verdict rows for every pair (i < j) of each prompt's candidates: both orders (pairwise), or
+    the two candidates' expected rubric scores mapped to ``p_i`` by :func:`pointwise_p` (pointwise)."""
     by_prompt: dict[str, list[dict]] = {}
     for c in candidates:
         by_prompt.setdefault(c["prompt_id"], []).append(c)
+    if getattr(judge, "pointwise", False):
+        return _pointwise_rows(judge, prompts, by_prompt)
     plan, comparisons = [], []
     for p in prompts:
         cands = sorted(by_prompt.get(p["id"], []), key=lambda c: c["candidate"])
@@ -174,6 +332,43 @@ def judge_candidates(
     return rows
 
 
+def _pointwise_rows(judge, prompts: list[dict], by_prompt: dict[str, list[dict]]) -> list[dict]:
+    items, keys = [], []
+    for p in prompts:
+        for c in sorted(by_prompt.get(p["id"], []), key=lambda c: c["candidate"]):
+            items.append((p["prompt"], c["text"]))
+            keys.append((p["id"], c["candidate"]))
+    scored = dict(zip(keys, judge(items) if items else []))
+    values = judge.rubric.values
+    lo, hi = min(values), max(values)
+    rows = []
+    for p in prompts:
+        cands = sorted(c["candidate"] for c in by_prompt.get(p["id"], []))
+        for i, j in itertools.combinations(cands, 2):
+            si, sj = scored[(p["id"], i)], scored[(p["id"], j)]
+            p_i = pointwise_p(si["score"], sj["score"], lo, hi)
+            rows.append(
+                {
+                    "prompt_id": p["id"],
+                    "i": i,
+                    "j": j,
+                    "principle": "rubric",
+                    "score_i": si["score"],
+                    "score_j": sj["score"],
+                    "probs_i": si["probs"],
+                    "probs_j": sj["probs"],
+                    "p_a_ij": math.nan,
+                    "p_a_ji": math.nan,
+                    "p_i": p_i,
+                    "agree": None,  # one view per answer: no order to disagree with
+                    "p_first": math.nan,
+                    "failed": math.isnan(p_i),
+                    "label_mass": _mean([si["label_mass"], sj["label_mass"]]),
+                }
+            )
+    return rows
+
+
 def _mean(xs: list[float]) -> float:
     xs = [x for x in xs if not math.isnan(x)]
     return sum(xs) / len(xs) if xs else math.nan
@@ -185,7 +380,7 @@ def verdict_metrics(verdicts: list[dict]) -> dict:
         "verdicts": len(verdicts),
         "failed_verdicts": len(verdicts) - len(ok),
         "mean_margin": _mean([abs(v["p_i"] - 0.5) for v in ok]),
-        "order_agreement": _mean([float(v["agree"]) for v in ok]),
+        "order_agreement": _mean([float(v["agree"]) for v in ok if v["agree"] is not None]),
         "position_bias_p_first": _mean([v["p_first"] for v in ok]),
         "label_mass": _mean([v["label_mass"] for v in ok]),
     }

@@ -121,20 +121,49 @@ def stage_generate(s: Session, n: int) -> dict:
 
 
 def stage_judge(s: Session, n: int) -> dict:
-    from rlaif.judge import ModelJudge, judge_candidates, verdict_metrics
+    from rlaif.judge import build_judge, judge_candidates, verdict_metrics
     from rlaif.rank import rank_all
+    from rlaif.reliability import reference_agreement, reliability_metrics
 
     s.run.require(n, "generate", "judge")
     cfg = s.recipe.judge
     prompts = read_jsonl(s.run.path(n, "prompts.jsonl"))
     candidates = read_jsonl(s.run.path(n, "candidates.jsonl"))
     adapter = policy_adapter(s.run, n) if cfg.model == "policy" else None
-    judge = ModelJudge(s.load(adapter), s.tokenizer, s.constitution, cfg.batch_size)
-    verdicts = judge_candidates(judge, s.constitution, prompts, candidates, cfg.principles, s.seed(n, "judge"))
+    model, tokenizer = _judge_model(s, cfg.model, adapter)
+    judge = build_judge(cfg, model, tokenizer, s.constitution)
+    seed = s.seed(n, "judge")
+    verdicts = judge_candidates(judge, s.constitution, prompts, candidates, cfg.principles, seed)
     rankings = rank_all(candidates, verdicts)
     write_jsonl(s.run.path(n, "verdicts.jsonl"), verdicts)
     write_jsonl(s.run.path(n, "rankings.jsonl"), rankings)
-    return {**verdict_metrics(verdicts), "judge_adapter": _rel(s.run, adapter), "constitution": s.constitution.name}
+    lengths = {(c["prompt_id"], c["candidate"]): c["num_tokens"] for c in candidates}
+    metrics = {**verdict_metrics(verdicts), **reliability_metrics(verdicts, lengths)}
+    if cfg.reference_agreement:
+        if cfg.model == "base" or (cfg.model == "policy" and adapter is None):
+            metrics["reference_agreement"] = 1.0  # the judge is the frozen base itself
+        else:
+            base = build_judge(cfg, s.load(None), s.tokenizer, s.constitution)
+            reference = judge_candidates(base, s.constitution, prompts, candidates, cfg.principles, seed)
+            metrics["reference_agreement"] = reference_agreement(verdicts, reference)
+    return {
+        **metrics,
+        "mode": cfg.mode,
+        "judge_model": cfg.model,
+        "judge_adapter": _rel(s.run, adapter),
+        "constitution": s.constitution.name,
+    }
+
+
+def _judge_model(s: Session, name: str, adapter: Path | None):
+    """(model, tokenizer) for ``judge.model``: the policy or base weights, or another model entirely."""
+    if name in ("policy", "base"):
+        return s.load(adapter), s.tokenizer
+    from rlaif.models import load_model, load_tokenizer, resolve_model
+
+    m = s.recipe.model
+    path = resolve_model(name, m.cache_dir)
+    return load_model(path, m.dtype, None, None, m.trust_remote_code), load_tokenizer(path, None, m.trust_remote_code)
 
 
 def stage_pairs(s: Session, n: int) -> dict:
@@ -185,19 +214,22 @@ def stage_train_rl(s: Session, n: int) -> dict:
     from rlaif.rl import train_rl
 
     s.run.require(n, "prompts", "train")
+    from rlaif.judge import build_judge
+
     prompts = read_jsonl(s.run.path(n, "prompts.jsonl"))
     start = policy_adapter(s.run, n)
-    if s.recipe.judge.model == "base":
-        judge_adapter, judge_model = None, s.load(None)
-    elif s.recipe.train.rl_judge == "live":
-        judge_adapter, judge_model = "live", None
+    cfg = s.recipe.judge
+    if cfg.model == "policy" and s.recipe.train.rl_judge == "live":
+        judge_adapter, judge = "live", None
     else:
-        judge_adapter, judge_model = _rel(s.run, start), s.load(start)
+        adapter = start if cfg.model == "policy" else None
+        model, tokenizer = _judge_model(s, cfg.model, adapter)
+        judge_adapter, judge = _rel(s.run, adapter), build_judge(cfg, model, tokenizer, s.constitution)
     say(f"round {n}: {s.recipe.train.method} from " + (_rel(s.run, start) or "a fresh adapter")
-        + f", judge = {judge_adapter or 'base'}")
+        + f", judge = {judge_adapter or cfg.model}")
     work = s.run.round_dir(n) / f"trainer{artifacts.TMP_MARK}work"
     metrics, history, records = train_rl(
-        s.recipe, s.model_path, s.tokenizer, prompts, judge_model, s.constitution, start, s.run.adapter(n), work,
+        s.recipe, s.model_path, s.tokenizer, prompts, judge, s.constitution, start, s.run.adapter(n), work,
         s.seed(n, "judge"),
     )
     shutil.rmtree(work, ignore_errors=True)
@@ -327,6 +359,12 @@ def preflight(s: Session) -> None:
 
     load_pool(s.recipe.prompts)
     label_token_ids(s.tokenizer, s.constitution)  # also loads the model source's tokenizer
+    judge_model = s.recipe.judge.model
+    if judge_model not in ("policy", "base"):  # a separate judge model: its tokenizer must fit the labels too
+        from rlaif.models import load_tokenizer, resolve_model
+
+        m = s.recipe.model
+        label_token_ids(load_tokenizer(resolve_model(judge_model, m.cache_dir), None, m.trust_remote_code), s.constitution)
 
 
 def run_all(recipe: Recipe) -> RunDir:

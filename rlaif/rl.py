@@ -9,11 +9,12 @@ et al. 2024) uses the leave-one-out mean of the group instead. We wrap both; the
 
 What is ours, and where it deviates:
 
-- **The reward** is the same soft pairwise judge as the DPO path: within each prompt's group, every
-  pair of completions is compared in both orders, and a completion's reward is its mean win
+- **The reward** is the same judge as the DPO path (``judge.mode``): within each prompt's group,
+  every pair of completions gets a soft verdict P(i better) (pairwise: both orders averaged;
+  pointwise: from the two expected rubric scores), and a completion's reward is its mean win
   probability against the rest of its group (a Borda score on soft wins, in [0, 1]). Bradley–Terry
   strengths would rank the same way but are not bounded; a bounded reward keeps the group baseline
-  meaningful.
+  meaningful. In pointwise mode the reward is a monotone function of the rubric score differences.
 - **The judge does not chase the policy inside a round.** By default (``train.rl_judge:
   round_start``) it scores with the adapter as it was when the round began, as the self-rewarding
   papers judge iteration t+1's samples with M_t; ``live`` scores with the adapter being trained.
@@ -113,25 +114,27 @@ def _mean_logged(history: list[dict], *keys: str) -> float | None:
     return None
 
 
-def train_rl(recipe: Recipe, model_path: str, tokenizer, prompts: list[dict], judge_model, constitution: Constitution,
+def train_rl(recipe: Recipe, model_path: str, tokenizer, prompts: list[dict], judge, constitution: Constitution,
              start_adapter: Path | None, out_dir: Path, work_dir: Path, seed: int):
-    """One round of GRPO or RLOO. Returns (metrics, log_history, completion records)."""
-    import trl
+    """One round of GRPO or RLOO. ``judge`` None: judge with the adapter being trained (rl_judge=live).
 
-    from rlaif.judge import ModelJudge
+    Returns (metrics, log_history, completion records).
+    """
+    import trl
 
     method = recipe.train.method
     trainer_cls = trl.GRPOTrainer if method == "grpo" else trl.RLOOTrainer
     args = build_trl_config(recipe, method, work_dir)
-    # the judge's model is filled in below for rl_judge=live (it needs the trainer's model)
-    judge = ModelJudge(judge_model, tokenizer, constitution, recipe.judge.batch_size) if judge_model is not None else None
     reward = JudgeReward(judge, constitution, args.num_generations, recipe.judge.principles, seed,
                          tokenizer.eos_token_id, recipe.train.truncation_penalty)
     tokenizer.padding_side = "left"
     trainer = make_trainer(trainer_cls, recipe, model_path, start_adapter, reward_funcs=[reward], args=args,
                            train_dataset=to_prompt_dataset(prompts), processing_class=tokenizer)
     if judge is None:
-        reward.judge = _LiveJudge(trainer, tokenizer, constitution, recipe.judge.batch_size)
+        from rlaif.judge import build_judge
+
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        reward.judge = _LiveJudge(build_judge(recipe.judge, model, tokenizer, constitution), model)
     before = _trainable_state(trainer.model)
     t0 = time.perf_counter()
     trainer.train()
@@ -166,22 +169,18 @@ def train_rl(recipe: Recipe, model_path: str, tokenizer, prompts: list[dict], ju
 
 
 class _LiveJudge:
-    """``rl_judge: live``: judge with the adapter being trained (eval mode, no gradients)."""
+    """``rl_judge: live``: the judge reads the adapter being trained (in eval mode, no gradients)."""
 
-    def __init__(self, trainer, tokenizer, constitution, batch_size):
-        self.trainer, self.tokenizer, self.constitution, self.batch_size = trainer, tokenizer, constitution, batch_size
-        self.last_label_mass: list[float] = []
+    def __init__(self, judge, model):
+        self.inner, self.model = judge, model
 
-    def __call__(self, comparisons):
-        from rlaif.judge import ModelJudge
+    def __getattr__(self, name):  # pointwise, rubric, last_label_mass, ... of the wrapped judge
+        return getattr(self.inner, name)
 
-        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        was_training = model.training
-        model.eval()
+    def __call__(self, items):
+        was_training = self.model.training
+        self.model.eval()
         try:
-            judge = ModelJudge(model, self.tokenizer, self.constitution, self.batch_size)
-            out = judge(comparisons)
-            self.last_label_mass = judge.last_label_mass
-            return out
+            return self.inner(items)
         finally:
-            model.train(was_training)
+            self.model.train(was_training)

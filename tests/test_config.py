@@ -54,7 +54,7 @@ def test_wrong_type_names_key(tmp_path):
         load_recipe(write(tmp_path, "generate:\n  num_candidates: four\n"))
     with pytest.raises(RlaifError, match=r"pairs\.drop_empty must be bool"):
         load_recipe(write(tmp_path, "pairs:\n  drop_empty: 3\n"))
-    with pytest.raises(RlaifError, match=r"judge\.model must be one of \['policy', 'base'\]"):
+    with pytest.raises(RlaifError, match=r"judge\.model must be `policy`, `base`, a hub id"):
         load_recipe(write(tmp_path, "judge:\n  model: other\n"))
 
 

@@ -21,7 +21,7 @@ def test_one_round_on_the_bundled_model(tmp_path):
         "model": {"source": "bundled", "dtype": "float32"},
         "prompts": {"source": "bundled", "per_round": 3},
         "generate": {"num_candidates": 3, "max_new_tokens": 24, "batch_size": 3},
-        "judge": {"batch_size": 9},
+        "judge": {"mode": "pairwise", "batch_size": 9},
         "pairs": {"min_margin": 0.0, "drop_truncated": False},
         "dpo": {"learning_rate": 1e-4, "num_train_epochs": 2, "per_device_train_batch_size": 3, "max_length": 192},
         "lora": {"r": 8, "lora_alpha": 16},

@@ -216,7 +216,7 @@ def test_wandb_offline_without_api_key(tiny_model, tmp_path, monkeypatch):
     history = [json.loads(line)["history"]["item"] for line in records.splitlines() if '"type":"history"' in line]
     assert len(history) == 1 and history[0]["round"] == 1
     metrics = read_json(tmp_path / "out/round_001/metrics.json")
-    for key in ("generate/mean_tokens", "judge/mean_margin", "judge/order_agreement", "pairs/kept",
+    for key in ("generate/mean_tokens", "judge/mean_margin", "judge/length_corr", "pairs/kept",
                 "train/loss_last", "train/reward_margin_after", "train/reward_accuracy_after"):
         stage, name = key.split("/")
         assert history[0][key] == pytest.approx(metrics[stage][name]), key

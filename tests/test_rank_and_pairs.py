@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -136,5 +137,5 @@ def test_all_ranked_strategy():
 
 def test_comparison_is_frozen():
     c = Comparison("p", "a", "b", "x")
-    with pytest.raises(AttributeError):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.prompt = "q"

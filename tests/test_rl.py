@@ -72,7 +72,7 @@ def planted(tiny_model):
     tok = load_tokenizer(tiny_model)
     const = load_constitution("default")
     model = PlantedJudgeModel(tok, GOOD, label_token_ids(tok, const))
-    return tok, const, ModelJudge(model, tok, const, batch_size=4)
+    return tok, const, ModelJudge(model, tok, const, batch_size=4, prefix_cache=False)
 
 
 def reward_fn(planted, k, penalty=0.5):
