@@ -7,6 +7,7 @@ stage that was interrupted and then continues. The stage functions hold no globa
 is loaded per stage, ~1 s after the one-time conversion), which keeps them ready to be sharded later.
 """
 
+import math
 import shutil
 import statistics
 import sys
@@ -252,13 +253,15 @@ def round_summary(m: dict) -> str:
     """One line of a round's headline numbers."""
 
     def f(x, spec=".2f"):
-        return "n/a" if x is None else format(x, spec)
+        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
     t = m.get("train", {})
     if "pairs" in m:
         j = m.get("judge", {})
-        return (f"{m['pairs'].get('kept', 0)} pairs kept, {m['pairs'].get('dropped', 0)} dropped; judge order "
-                f"agreement {f(j.get('order_agreement'))}, P(first shown) {f(j.get('position_bias_p_first'))}; "
+        order = (f"order agreement {f(j.get('order_agreement'))}, P(first shown) {f(j.get('position_bias_p_first'))}"
+                 if j.get("mode") != "pointwise" else f"mean |P-0.5| {f(j.get('mean_margin'), '.3f')}")
+        return (f"{m['pairs'].get('kept', 0)} pairs kept, {m['pairs'].get('dropped', 0)} dropped; "
+                f"{j.get('mode', 'pairwise')} judge {order}; "
                 f"DPO reward margin {f(t.get('reward_margin_before'))} -> {f(t.get('reward_margin_after'))}")
     return (f"reward {f(t.get('reward_mean'))} ± {f(t.get('reward_std'))}, KL {f(t.get('kl'), '.4f')}, "
             f"clip fraction {f(t.get('clip_fraction'), '.3f')}, {f(t.get('seconds_per_step'), '.1f')} s/step")
