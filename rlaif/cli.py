@@ -50,7 +50,16 @@ def validate(recipe) -> list[str]:
     lines.append(f"prompts: {pool.counts['train']} training, {pool.counts['heldout']} held out "
                  f"({pool.counts['duplicates']} duplicates, {pool.counts['empty']} empty skipped)")
     c = load_constitution(recipe.judge.constitution)
-    lines.append(f"constitution {c.source}: {len(c.principles)} principles, labels {list(c.labels)}")
+    lines.append(f"constitution {c.source}: {len(c.principles)} principles, labels {list(c.labels)}"
+                 + (f", pointwise scores {list(c.pointwise.labels)}" if c.pointwise else "")
+                 + (", critique" if c.critique else ""))
+    j = recipe.judge
+    if j.mode == "pointwise":
+        c.require("pointwise")
+    if j.critique:
+        c.require("critique")
+    lines.append(f"judge: {j.mode}{' with critique' if j.critique else ''}, model {j.model}"
+                 + ("" if j.prefix_cache else ", no prefix cache"))
     lines.append(f"model: {check_model_source(recipe.model.source, recipe.model.cache_dir)}")
     build_lora_config(recipe)
     method = recipe.train.method

@@ -98,14 +98,14 @@ def last_logits_cached(model, seqs: list[list[int]], groups: list, batch_size: i
 def _run_chunk(model, seqs, chunk, p0, kv0, pad_id, dev, config):
     n_groups = len(chunk)
     segs = [seqs[idx[0]][p0 : p0 + g] for idx, g in chunk]
-    zeros = torch.zeros(n_groups, dtype=torch.long)
+    zeros = torch.zeros(n_groups, dtype=torch.long, device=dev)
     if max(len(s) for s in segs) > 0:
         ids1, m1 = _pad_right(segs, pad_id)
         mask1 = torch.cat([torch.ones(n_groups, p0, dtype=torch.long), m1], dim=1)
         pos1 = p0 + torch.arange(ids1.shape[1]).expand(n_groups, -1)
         out1 = model(
             input_ids=ids1.to(dev), attention_mask=mask1.to(dev), position_ids=pos1.to(dev),
-            past_key_values=_cache(kv0, zeros.to(dev), config), use_cache=True, logits_to_keep=1,
+            past_key_values=_cache(kv0, zeros, config), use_cache=True, logits_to_keep=1,
         )
         kv1 = _kv(out1.past_key_values)
     else:

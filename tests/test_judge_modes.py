@@ -219,7 +219,8 @@ def test_build_judge_follows_the_recipe(tiny):
     model, tok = tiny
     j = build_judge(JudgeConfig(mode="pointwise", prefix_cache=False), model, tok, CONST)
     assert isinstance(j, PointwiseJudge) and not j.prefix_cache
-    assert isinstance(build_judge(JudgeConfig(), model, tok, CONST), ModelJudge)
+    assert isinstance(build_judge(JudgeConfig(mode="pairwise"), model, tok, CONST), ModelJudge)
+    assert isinstance(build_judge(JudgeConfig(), model, tok, CONST), PointwiseJudge)  # the default
 
 
 def test_loop_with_pointwise_judge_from_another_model_writes_reliability_metrics(tiny_model, tmp_path):
