@@ -209,7 +209,7 @@ GRPO_DEFAULTS: dict[str, Any] = {**_RL_COMMON, "beta": 0.04}
 RLOO_DEFAULTS: dict[str, Any] = {**_RL_COMMON, "beta": 0.04}
 TRL_DEFAULTS = {"dpo": DPO_DEFAULTS, "grpo": GRPO_DEFAULTS, "rloo": RLOO_DEFAULTS}
 # Fields of TRL's configs that rlaif sets itself.
-DPO_RESERVED = {"output_dir": "run.output_dir", "seed": "run.seed", "report_to": "wandb", "save_strategy": None}
+TRL_RESERVED = {"output_dir": "run.output_dir", "seed": "run.seed", "report_to": "wandb", "save_strategy": None}
 
 LORA_DEFAULTS: dict[str, Any] = {
     "r": 16,
@@ -385,8 +385,8 @@ def _check_passthrough(raw: Any, section: str, source: str) -> dict[str, Any]:
     known = _passthrough_fields(section)
     out = {}
     for key, value in raw.items():
-        if section != "lora" and key in DPO_RESERVED:
-            by = DPO_RESERVED[key]
+        if section != "lora" and key in TRL_RESERVED:
+            by = TRL_RESERVED[key]
             raise RlaifError(f"{source}: '{section}.{key}' is set by rlaif" + (f" (use {by})" if by else ""))
         if key not in known:
             raise RlaifError(f"{source}: unknown key '{section}.{key}' (not a field of {owner})")

@@ -129,8 +129,6 @@ def load_model(
         )
     except (OSError, ValueError) as exc:
         raise RlaifError(f"could not load model {path}: {_first_line(exc)}") from None
-    if getattr(model, "hf_quantizer", None) is not None and "gguf" in type(model.hf_quantizer).__name__.lower():
-        model.hf_quantizer.remove_quantization_config(model)
     if adapter is not None:
         from peft import PeftModel
 

@@ -35,7 +35,7 @@ from rlaif.config import Recipe, build_trl_config
 from rlaif.constitution import Constitution
 from rlaif.judge import PairJudge, judge_candidates
 from rlaif.rank import mean_wins, win_matrix
-from rlaif.train import _trainable_state, adapter_distance, make_trainer, save_adapter
+from rlaif.train import adapter_distance, make_trainer, save_adapter, trainable_state
 
 
 def _text(completion) -> str:
@@ -135,7 +135,7 @@ def train_rl(recipe: Recipe, model_path: str, tokenizer, prompts: list[dict], ju
 
         model = trainer.accelerator.unwrap_model(trainer.model)
         reward.judge = _LiveJudge(build_judge(recipe.judge, model, tokenizer, constitution), model)
-    before = _trainable_state(trainer.model)
+    before = trainable_state(trainer.model)
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0

@@ -42,7 +42,7 @@ def to_dataset(pairs: list[dict]):
     )
 
 
-def _trainable_state(model) -> dict[str, torch.Tensor]:
+def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -102,7 +102,7 @@ def train_dpo(recipe: Recipe, model_path: str, tokenizer, pairs: list[dict], sta
         DPOTrainer, recipe, model_path, start_adapter, args=build_trl_config(recipe, "dpo", work_dir),
         train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer,
     )
-    before_state = _trainable_state(trainer.model)
+    before_state = trainable_state(trainer.model)
     before = _eval_metrics(trainer)
     trainer.train()
     after = _eval_metrics(trainer)
