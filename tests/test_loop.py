@@ -257,3 +257,37 @@ def test_base_reference_round_two_starts_away_from_its_reference(finished_run):
     r2 = read_json(out / "round_002/metrics.json")["train"]
     assert r2["reference"] == "base" and r2["start_adapter"] == "round_001/adapter"
     assert abs(r2["reward_margin_before"]) > 1e-6  # round 1's adapter already differs from the base
+
+
+def test_anchor_pairs_from_reference_answers_are_trained_on(tiny_model, tmp_path, capsys):
+    """pairs.anchor_share=1: every prompt with a reference answer gets a (reference, worst candidate) pair."""
+    rows = [{"task": {"q": q}, "answer": a} for q, a in [
+        ("Name three primary colours.", "Red, blue and yellow."),
+        ("What is the capital of France?", "Paris."),
+        ("Give a synonym for happy.", "Glad."),
+        ("Count from one to three.", ""),  # no reference: no anchor pair, counted
+    ]]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(
+        tiny_model, out, run={"rounds": 1},
+        prompts={"source": "file", "path": str(tmp_path / "qa.jsonl"), "column": "task.q", "reference_column": "answer"},
+        pairs={"anchor_share": 1.0, "length_tiebreak": 0.05},
+    ))
+    assert main(["run", str(recipe)]) == 0
+    reference = {r["task"]["q"]: r["answer"] for r in rows if r["answer"]}
+    prompts = read_jsonl(out / "round_001/prompts.jsonl")
+    assert {p["prompt"]: p["reference"] for p in prompts if "reference" in p} == reference
+    pairs = read_jsonl(out / "round_001/pairs.jsonl")
+    anchors = [p for p in pairs if p["source"] == "reference"]
+    assert anchors and all(p["chosen"] == reference[p["prompt"]] for p in anchors)
+    metrics = read_json(out / "round_001/metrics.json")
+    counts = metrics["pairs"]
+    assert counts["anchor_pairs"] == len(anchors) and counts["anchor_missing_reference"] == 1
+    assert counts["kept"] == len(pairs) and counts["dropped"] == len(read_jsonl(out / "round_001/pairs_dropped.jsonl"))
+    assert metrics["train"]["pairs"] == len(pairs) and metrics["train"]["steps"] > 0
+    assert metrics["train"]["adapter_delta_norm"] > 0
+    before = tree_digest(out)
+    assert main(["run", str(recipe), "--set", "pairs.anchor_share=0.5"]) == 2  # a changed pairs.* is refused
+    assert "changed: pairs.anchor_share" in capsys.readouterr().err
+    assert tree_digest(out) == before
