@@ -320,16 +320,18 @@ def open_manifest(s: Session) -> dict:
     if path.is_file():
         manifest = read_json(path)
         old, new = _comparable(manifest["recipe"]), _comparable(_jsonable(resolved))
+        # a key the manifest lacks (written by an older rlaif) had its default value then
+        defaults = _comparable(_jsonable(Recipe().to_dict()))
         changed = [
             f"{sec}.{k}"
             for sec in sorted(set(old) | set(new))
             for k in sorted(set(old.get(sec, {})) | set(new.get(sec, {})))
-            if old.get(sec, {}).get(k) != new.get(sec, {}).get(k)
+            if old.get(sec, {}).get(k, defaults.get(sec, {}).get(k)) != new.get(sec, {}).get(k)
         ]
         if changed:
             raise RlaifError(
                 f"{s.run.root} was made by a different recipe (changed: {', '.join(changed)}); "
-                "use another run.output_dir, or put the old values back (only run.rounds and wandb may change)"
+                "use another run.output_dir, or put the old values back (only run.rounds, wandb and safeguards may change)"
             )
         manifest["recipe"] = _jsonable(resolved)
     else:

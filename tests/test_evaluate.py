@@ -6,7 +6,7 @@ import math
 import pytest
 from conftest import tiny_recipe, write_recipe
 
-import rlaif.evaluate as evaluate
+from rlaif import evaluate
 from rlaif.artifacts import read_json, read_jsonl
 from rlaif.cli import main
 from rlaif.config import SafeguardsConfig
