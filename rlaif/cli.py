@@ -13,6 +13,7 @@ with status 3 when a safeguard stopped the run (``RUN/result.json`` says why and
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -71,6 +72,18 @@ def validate(recipe) -> list[str]:
     lines.append(f"judge: {j.mode}{' with critique' if j.critique else ''}, model {j.model}"
                  + ("" if j.prefix_cache else ", no prefix cache"))
     lines.append(f"model: {check_model_source(recipe.model.source, recipe.model.cache_dir)}")
+    e, g = recipe.eval, recipe.safeguards
+    if e.instructions != "none":
+        from rlaif.checkers import load_instruction_set
+
+        n_if = len(load_instruction_set(None if e.instructions == "bundled" else e.instructions))
+    rules = [f"{f.name}={getattr(g, f.name)}" for f in dataclasses.fields(g) if getattr(g, f.name) is not None]
+    lines.append(f"eval: {e.heldout_prompts or 'all'} of {pool.counts['heldout']} held-out prompts x{e.samples}, "
+                 + (f"{e.instruction_prompts or n_if} of {n_if} instruction prompts" if e.instructions != "none"
+                    else "no instruction prompts")
+                 + f", judge {e.judge_model} ({e.judge_mode}); "
+                 + ("every round" if e.each_round or rules else "on `rlaif eval` only")
+                 + (f"; safeguards: {', '.join(rules)}" if rules else ""))
     build_lora_config(recipe)
     method = recipe.train.method
     build_trl_config(recipe, method, Path(recipe.run.output_dir) / "validate.tmp")
