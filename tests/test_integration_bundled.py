@@ -46,3 +46,29 @@ def test_one_round_on_the_bundled_model(tmp_path):
     assert train["reward_margin_after"] > train["reward_margin_before"]
     weights = load_file(out / "adapter" / "adapter_model.safetensors")
     assert any(t.abs().max() > 0 for k, t in weights.items() if "lora_B" in k)
+
+
+def test_eval_on_the_bundled_model_follows_some_instructions(tmp_path, capsys):
+    """`rlaif eval` on the real model: the instruct model meets some checkable constraints, and the
+    frozen-base judge answers with its labels (no failed verdicts)."""
+    recipe = {
+        "run": {"output_dir": str(tmp_path / "out"), "rounds": 1, "seed": 3},
+        "prompts": {"source": "bundled", "per_round": 2},
+        "generate": {"num_candidates": 2, "max_new_tokens": 48, "batch_size": 2},
+        "pairs": {"min_margin": 0.0, "drop_truncated": False},
+        "dpo": {"num_train_epochs": 1, "per_device_train_batch_size": 2, "max_length": 192},
+        "lora": {"r": 8, "lora_alpha": 16},
+        "eval": {"heldout_prompts": 4, "instruction_prompts": 12, "bootstrap": 200},
+        "wandb": {"enabled": False},
+    }
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    assert main(["run", str(path)]) == 0
+    assert main(["eval", str(tmp_path / "out")]) == 0
+    assert "round_001" in capsys.readouterr().out
+    results = read_json(tmp_path / "out/eval/results.json")
+    base, r1 = results["models"]
+    assert base["if_constraint_accuracy"] > 0, "SmolLM2-Instruct meets some constraints (e.g. a word limit)"
+    assert base["distinct_2"] > 0.5 and base["self_similarity"] < 0.9  # sampled answers differ
+    h2h = read_jsonl(tmp_path / "out/eval/comparisons/round_001_vs_base.jsonl")
+    assert len(h2h) == 4 and all(0 < c["p_a_ij"] < 1 and 0 < c["p_a_ji"] < 1 for c in h2h)
+    assert 0 <= r1["win_rate_vs_base"] <= 1 and r1["kl_to_base"] != 0
