@@ -5,6 +5,7 @@
     rlaif prompts|generate|judge|pairs|train RECIPE [--round N] [--set ...]
                                                            one stage of one round (redoes it)
     rlaif reference                                        the recipe reference (Markdown)
+    rlaif report RUN                                       RUN/report/report.md and its charts
 
 A problem with the user's input prints ``error: ...`` and exits with status 2.
 """
@@ -33,6 +34,8 @@ def make_parser() -> argparse.ArgumentParser:
         p = with_recipe(sub.add_parser(stage, help=f"run (or redo) the {stage} stage of one round"))
         p.add_argument("--round", type=int, default=None, help="round number (default: the first round without it)")
     sub.add_parser("reference", help="print the recipe reference as Markdown")
+    sub.add_parser("report", help="write RUN/report/report.md and charts of a run folder").add_argument(
+        "run", help="run folder, e.g. runs/quickstart")
     return parser
 
 
@@ -76,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
             from rlaif.config import reference_markdown
 
             print(reference_markdown())
+            return 0
+        if args.command == "report":
+            from rlaif.report import report_files, write_report
+
+            write_report(args.run)
+            for path in report_files(args.run):
+                print(path)
             return 0
         from rlaif.config import load_recipe
 
