@@ -121,6 +121,32 @@ def test_report_on_a_folder_that_is_no_run_fails_cleanly(runs, tmp_path, capsys,
     assert (sorted(p.name for p in tmp_path.rglob("*")), digest(runs[1], skip=())) == before
 
 
+def test_report_of_an_rl_run_draws_reward_not_verdicts(tmp_path):
+    """GRPO/RLOO rounds have prompts + train only: reward and KL instead of verdicts and pairs (files as rl.py writes)."""
+    run = tmp_path / "grpo"
+    write_json(run / "manifest.json", {"recipe_file": "recipes/grpo_cpu.yaml", "rounds": {},
+                                       "recipe": {"train": {"method": "grpo"}, "judge": {"mode": "pointwise"}}})
+    for n in (1, 2):
+        write_json(run / f"round_{n:03d}/state.json", {"completed": ["prompts", "train"]})
+        write_json(run / f"round_{n:03d}/metrics.json", {"prompts": {"selected": 4, "seconds": 0.1}, "train": {
+            "method": "grpo", "reward_mean": 0.1 * n, "reward_std": 0.05, "kl": 0.01 * n, "clip_fraction": 0.0,
+            "zero_signal_share": 0.25, "truncated_share": 1.0, "completion_mean_length": 8.0, "seconds": 1.0}})
+        write_jsonl(run / f"round_{n:03d}/train_log.jsonl",
+                    [{"loss": 0.0, "reward": 0.1 * n + 0.01 * s, "kl": 0.0, "step": s} for s in (1, 2)]
+                    + [{"train_loss": 0.0, "step": 2}])
+        write_jsonl(run / f"round_{n:03d}/completions.jsonl",
+                    [{"step": 0, "call": 1, "prompt_id": "p1", "completion": c, "text": "x", "reward": 0.1,
+                      "mean_win": 0.5, "truncated": True} for c in (0, 1)])
+    path = report.write_report(run)
+    assert sorted(p.stem for p in path.parent.glob("*.png")) == ["collapse", "training"]
+    md = path.read_text()
+    assert "| round | complete | reward mean ± std | KL |" in md and "| 2 | yes | 0.2 ± 0.05 | 0.02 |" in md
+    assert "GRPO/RLOO judge inside training" in md and "rlaif eval" in md
+    assert list(report.train_log(run)["global_step"]) == [1, 2, 3, 4]
+    rnd = report.load_round(run, 1)
+    assert rnd.verdicts.empty and list(rnd.candidates["reward"]) == [0.1, 0.1]
+
+
 def test_loaders_join_ranks_pairs_and_eval(runs):
     run, _ = runs
     rnd = report.load_round(run, 1)
