@@ -3,6 +3,8 @@
 Layout::
 
     RUN/manifest.json              resolved recipe, package versions, seeds, per-round provenance
+    RUN/result.json                completed or stopped (and why), and which round's adapter is the result
+    RUN/eval/                      held-out evaluation (see rlaif.evaluate); RUN/report/: `rlaif report`
     RUN/round_001/prompts.jsonl    the round's prompts
     RUN/round_001/candidates.jsonl K candidates per prompt
     RUN/round_001/verdicts.jsonl   every pairwise verdict, both orders' probabilities, the principle
@@ -12,6 +14,7 @@ Layout::
     RUN/round_001/adapter/         the LoRA adapter (safetensors)
     RUN/round_001/train_log.jsonl  TRL's log history
     RUN/round_001/completions.jsonl  (GRPO/RLOO) every sampled completion with its reward
+    RUN/round_001/eval.json        (eval.each_round / safeguards) the round's held-out evaluation
     RUN/round_001/metrics.json     the round's metrics, one key per stage
     RUN/round_001/state.json       stages completed
 
@@ -34,7 +37,9 @@ from typing import Any
 
 from rlaif.errors import RlaifError
 
-STAGES = ("prompts", "generate", "judge", "pairs", "train")
+STAGES = ("prompts", "generate", "judge", "pairs", "train", "evaluate")
+# the stages a user can redo one at a time (`rlaif generate ...`); evaluation is `rlaif eval RUN`
+REDO_STAGES = STAGES[:5]
 TMP_MARK = ".tmp-"
 
 
@@ -217,6 +222,7 @@ STAGE_FILES = {
     "judge": ("verdicts.jsonl", "rankings.jsonl"),
     "pairs": ("pairs.jsonl", "pairs_dropped.jsonl"),
     "train": ("adapter", "train_log.jsonl", "completions.jsonl"),
+    "evaluate": ("eval.json",),
 }
 
 

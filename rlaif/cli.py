@@ -4,17 +4,20 @@
     rlaif validate RECIPE [--set ...]                      check a recipe without running it
     rlaif prompts|generate|judge|pairs|train RECIPE [--round N] [--set ...]
                                                            one stage of one round (redoes it)
+    rlaif eval RUN|RECIPE [--rounds 1,2] [--adapter DIR] [--set eval.key=value ...]
+                                                           held-out evaluation table (base and rounds)
     rlaif reference                                        the recipe reference (Markdown)
     rlaif report RUN                                       RUN/report/report.md and its charts
 
-A problem with the user's input prints ``error: ...`` and exits with status 2.
+A problem with the user's input prints ``error: ...`` and exits with status 2. ``rlaif run`` exits
+with status 3 when a safeguard stopped the run (``RUN/result.json`` says why and names the result).
 """
 
 import argparse
 import os
 import sys
 
-from rlaif.artifacts import STAGES
+from rlaif.artifacts import REDO_STAGES
 from rlaif.errors import RlaifError
 
 
@@ -30,9 +33,15 @@ def make_parser() -> argparse.ArgumentParser:
 
     with_recipe(sub.add_parser("run", help="run every round of a recipe (resumes an existing run folder)"))
     with_recipe(sub.add_parser("validate", help="check a recipe: keys, types, files, model source"))
-    for stage in STAGES:
+    for stage in REDO_STAGES:
         p = with_recipe(sub.add_parser(stage, help=f"run (or redo) the {stage} stage of one round"))
         p.add_argument("--round", type=int, default=None, help="round number (default: the first round without it)")
+    ev = sub.add_parser("eval", help="evaluate a run's rounds (or one adapter) on held-out prompts")
+    ev.add_argument("target", help="a run folder (with manifest.json) or a recipe (its run.output_dir)")
+    ev.add_argument("--rounds", default=None, metavar="N,M", help="only these rounds (default: every round)")
+    ev.add_argument("--adapter", default=None, help="evaluate this LoRA adapter folder against the base instead")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
+                    help="override an eval setting (repeatable)")
     sub.add_parser("reference", help="print the recipe reference as Markdown")
     sub.add_parser("report", help="write RUN/report/report.md and charts of a run folder").add_argument(
         "run", help="run folder, e.g. runs/quickstart")
@@ -71,6 +80,55 @@ def validate(recipe) -> list[str]:
     return lines
 
 
+def eval_recipe(target: str, overrides: list[str]):
+    """The recipe ``rlaif eval`` works under: a run folder's own (from its manifest) or a recipe file's."""
+    from pathlib import Path
+
+    from rlaif.artifacts import read_json
+    from rlaif.config import apply_overrides, load_recipe, recipe_from_dict
+
+    for text in overrides:
+        if not text.startswith("eval."):
+            raise RlaifError(f"--set {text!r}: rlaif eval only takes eval.* settings (the run's recipe fixes the rest)")
+    path = Path(target)
+    if path.is_dir():
+        manifest = path / "manifest.json"
+        if not manifest.is_file():
+            raise RlaifError(f"{path} is not a run folder (no manifest.json); pass a run folder or a recipe")
+        raw = read_json(manifest)["recipe"]
+        raw["run"]["output_dir"] = str(path)
+        return recipe_from_dict(apply_overrides(raw, overrides), source=str(manifest))
+    return load_recipe(path, overrides)
+
+
+def run_eval(args) -> int:
+    from pathlib import Path
+
+    from rlaif.artifacts import read_json
+    from rlaif.evaluate import evaluate_run, format_table
+    from rlaif.tracking import Tracker
+
+    recipe = eval_recipe(args.target, args.overrides)
+    rounds = None
+    if args.rounds:
+        try:
+            rounds = [int(x) for x in args.rounds.split(",") if x.strip()]
+        except ValueError:
+            raise RlaifError(f"--rounds {args.rounds!r}: expected round numbers like 1,2") from None
+    results = evaluate_run(recipe, rounds, Path(args.adapter) if args.adapter else None)
+    print(format_table(results))
+    root = Path(recipe.run.output_dir)
+    print(f"written: {root / 'eval' / 'results.json'}")
+    manifest = root / "manifest.json"
+    if recipe.wandb.enabled and manifest.is_file():
+        tracker = Tracker(recipe.wandb, root, read_json(manifest).get("wandb_run_id"), {})
+        try:
+            tracker.log_eval(results)
+        finally:
+            tracker.finish()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -80,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(reference_markdown())
             return 0
+        if args.command == "eval":
+            return run_eval(args)
         if args.command == "report":
             from rlaif.report import report_files, write_report
 
@@ -98,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         from rlaif import loop
 
         if args.command == "run":
-            run = loop.run_all(recipe)
+            run, result = loop.run_all(recipe)
+            if result["status"] == "stopped":
+                print(f"stopped after round {result['stopped_after_round']} by a safeguard: {result['reason']}")
+                print(f"result: {run.root / (result['adapter'] or '')} (round {result['best_round']}); "
+                      f"nothing was deleted")
+                return 3
             print(f"done: {run.root}")
             return 0
         n, metrics, moved = loop.run_one_stage(recipe, args.command, args.round)

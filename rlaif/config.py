@@ -152,6 +152,50 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    heldout_prompts: int = _f(
+        32, "Held-out prompts (never trained on) answered by each evaluated model; 0 = all of the split."
+    )
+    samples: int = _f(2, "Samples per held-out prompt (the first is judged; all of them measure diversity).")
+    instructions: str = _f(
+        "bundled",
+        "Verifiable-instruction prompts: `bundled` (rlaif's checker set), a JSONL path, or `none`.",
+    )
+    instruction_prompts: int = _f(0, "How many instruction prompts to use (0 = all).")
+    judge_model: str = _f(
+        "base", "The judge that does not move: `base` (the frozen base model) or another model (hub id or folder)."
+    )
+    judge_mode: Literal["pairwise", "pointwise"] = _f(
+        "pairwise", "`pairwise`: each head-to-head judged in both orders; `pointwise`: rubric scores compared."
+    )
+    max_new_tokens: int = _f(0, "Longest evaluated response (0 = generate.max_new_tokens).")
+    each_round: bool = _f(
+        False, "Evaluate every round inside `rlaif run` (on automatically when a safeguard rule is set)."
+    )
+    bootstrap: int = _f(2000, "Bootstrap resamples for the win-rate confidence intervals (95%).")
+
+
+@dataclass
+class SafeguardsConfig:
+    min_win_rate_vs_previous: float | None = _f(
+        None, "Stop when a round wins less than this share of held-out head-to-heads against the round before it."
+    )
+    max_diversity_drop: float | None = _f(
+        None, "Stop when distinct-2 of the held-out samples falls more than this fraction below the base's (0.2 = 20%)."
+    )
+    max_length_drift: float | None = _f(
+        None, "Stop when the mean held-out response length moves more than this fraction away from the base's."
+    )
+    max_instruction_drop: float | None = _f(
+        None, "Stop when the share of instruction constraints met falls more than this (absolute) below the base's."
+    )
+    max_kl: float | None = _f(None, "Stop when the KL-to-base estimate on held-out samples exceeds this (nats).")
+
+    def active(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in dataclasses.fields(self))
+
+
+@dataclass
 class WandbConfig:
     enabled: bool = _f(True, "Log to Weights & Biases.")
     mode: Literal["auto", "online", "offline"] = _f(
@@ -161,6 +205,7 @@ class WandbConfig:
     entity: str | None = _f(None, "W&B entity (team or user).")
     name: str | None = _f(None, "Run name (default: the run folder's name).")
     tags: list[str] = _f([], "Run tags.")  # noqa: RUF009 (_f makes a default_factory)
+    sample_prompts: int = _f(4, "Prompts per round shown in the W&B samples table (candidates, verdicts, pair).")
 
 
 # rlaif's defaults under the user's `dpo` section. TRL's own defaults (lr 1e-6, gradient
@@ -227,6 +272,8 @@ SECTIONS = {
     "judge": JudgeConfig,
     "pairs": PairsConfig,
     "train": TrainConfig,
+    "eval": EvalConfig,
+    "safeguards": SafeguardsConfig,
     "wandb": WandbConfig,
 }
 PASSTHROUGH = ("dpo", "grpo", "rloo", "lora")
@@ -241,6 +288,8 @@ class Recipe:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    safeguards: SafeguardsConfig = field(default_factory=SafeguardsConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     dpo: dict[str, Any] = field(default_factory=dict)  # user's DPOConfig fields, defaults not merged
     grpo: dict[str, Any] = field(default_factory=dict)  # user's GRPOConfig fields
@@ -439,25 +488,53 @@ def _check_values(r: Recipe) -> None:
         raise RlaifError(f"{s}: pairs.min_margin must be in [0, 0.5), got {r.pairs.min_margin}")
     if not 0 <= r.prompts.heldout_fraction < 1:
         raise RlaifError(f"{s}: prompts.heldout_fraction must be in [0, 1), got {r.prompts.heldout_fraction}")
-    _check_judge_model(r.judge.model, s)
+    _check_judge_model(r.judge.model, s, "judge.model")
+    _check_eval(r)
     if r.prompts.source in ("file", "hub") and not r.prompts.path:
         raise RlaifError(f"{s}: prompts.path is required when prompts.source is '{r.prompts.source}'")
 
 
-def _check_judge_model(value: str, source: str) -> None:
-    """``judge.model`` is policy, base, bundled, an existing folder, or something shaped like a hub id."""
+def _check_judge_model(value: str, source: str, key: str) -> None:
+    """A judge model is policy, base, bundled, an existing folder, or something shaped like a hub id."""
     if value in ("policy", "base", "bundled", "smollm2-135m-instruct"):
         return
     path = Path(value).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise RlaifError(f"{source}: judge.model folder {path} has no config.json")
+            raise RlaifError(f"{source}: {key} folder {path} has no config.json")
         return
     if not value.strip() or value.startswith((".", "/", "~")) or value.count("/") != 1:
         raise RlaifError(
-            f"{source}: judge.model must be `policy`, `base`, a hub id (owner/name) or an existing model folder, "
+            f"{source}: {key} must be `policy`, `base`, a hub id (owner/name) or an existing model folder, "
             f"got {value!r}"
         )
+
+
+def _check_eval(r: Recipe) -> None:
+    s, e, g = r.source, r.eval, r.safeguards
+    if e.judge_model == "policy":
+        raise RlaifError(f"{s}: eval.judge_model cannot be `policy`: the evaluation judge must not move with training "
+                         "(use `base` or another model)")
+    _check_judge_model(e.judge_model, s, "eval.judge_model")
+    for key in ("heldout_prompts", "instruction_prompts", "max_new_tokens"):
+        if getattr(e, key) < 0:
+            raise RlaifError(f"{s}: eval.{key} must be 0 or more, got {getattr(e, key)}")
+    if e.samples < 1:
+        raise RlaifError(f"{s}: eval.samples must be at least 1, got {e.samples}")
+    if e.bootstrap < 100:
+        raise RlaifError(f"{s}: eval.bootstrap must be at least 100, got {e.bootstrap}")
+    if e.instructions not in ("bundled", "none") and not Path(e.instructions).expanduser().is_file():
+        raise RlaifError(f"{s}: eval.instructions file not found: {e.instructions} (or use `bundled` / `none`)")
+    for key in ("min_win_rate_vs_previous", "max_instruction_drop"):
+        v = getattr(g, key)
+        if v is not None and not 0 <= v <= 1:
+            raise RlaifError(f"{s}: safeguards.{key} must be in [0, 1], got {v}")
+    for key in ("max_diversity_drop", "max_length_drift", "max_kl"):
+        v = getattr(g, key)
+        if v is not None and v < 0:
+            raise RlaifError(f"{s}: safeguards.{key} must be 0 or more, got {v}")
+    if g.max_instruction_drop is not None and e.instructions == "none":
+        raise RlaifError(f"{s}: safeguards.max_instruction_drop needs instruction prompts (eval.instructions is `none`)")
 
 
 # ---------------------------------------------------------------- files and overrides

@@ -182,8 +182,17 @@ def stage_pairs(s: Session, n: int) -> dict:
 
 
 def stages_for(recipe: Recipe) -> tuple[str, ...]:
-    """DPO runs every stage; GRPO/RLOO sample and judge inside training: prompts → train."""
-    return artifacts.STAGES if recipe.train.method == "dpo" else ("prompts", "train")
+    """DPO runs every stage; GRPO/RLOO sample and judge inside training: prompts → train.
+
+    Each round ends with a held-out evaluation when ``eval.each_round`` is on or a safeguard rule is
+    set (the rules need it).
+    """
+    stages = artifacts.REDO_STAGES if recipe.train.method == "dpo" else ("prompts", "train")
+    return (*stages, "evaluate") if evaluates_rounds(recipe) else stages
+
+
+def evaluates_rounds(recipe: Recipe) -> bool:
+    return recipe.eval.each_round or recipe.safeguards.active()
 
 
 def stage_train(s: Session, n: int) -> dict:
@@ -240,12 +249,20 @@ def stage_train_rl(s: Session, n: int) -> dict:
             "adapter_sha256": sha256_dir(s.run.adapter(n))}
 
 
+def stage_evaluate(s: Session, n: int) -> dict:
+    from rlaif.evaluate import evaluate_round
+
+    s.run.require(n, "train", "evaluate")
+    return evaluate_round(s, n)
+
+
 STAGE_FUNCS = {
     "prompts": stage_prompts,
     "generate": stage_generate,
     "judge": stage_judge,
     "pairs": stage_pairs,
     "train": stage_train,
+    "evaluate": stage_evaluate,
 }
 
 
@@ -281,7 +298,9 @@ def run_stage(s: Session, n: int, stage: str) -> dict:
 # ---------------------------------------------------------------- manifest
 
 
-IGNORED_ON_RESUME = {("run", "rounds"), ("wandb",)}
+# what may change between invocations on one run folder: more rounds, tracking, and the safeguard
+# thresholds (a stopped run can be continued by loosening the rule that stopped it)
+IGNORED_ON_RESUME = {("run", "rounds"), ("wandb",), ("safeguards",)}
 
 
 def _comparable(recipe_dict: dict) -> dict:
@@ -370,8 +389,11 @@ def preflight(s: Session) -> None:
         label_token_ids(load_tokenizer(resolve_model(judge_model, m.cache_dir), None, m.trust_remote_code), s.constitution)
 
 
-def run_all(recipe: Recipe) -> RunDir:
-    """All rounds of the recipe, continuing from the last completed stage of an existing run folder."""
+def run_all(recipe: Recipe) -> tuple[RunDir, dict]:
+    """All rounds of the recipe, continuing from the last completed stage of an existing run folder.
+
+    Returns the run folder and its result (``RUN/result.json``): completed, or stopped by a safeguard.
+    """
     from rlaif.tracking import Tracker
 
     s = Session(recipe)
@@ -384,19 +406,36 @@ def run_all(recipe: Recipe) -> RunDir:
             manifest["wandb_run_id"] = tracker.run_id
             write_json(s.run.manifest_path, manifest)
         try:
-            stages = stages_for(recipe)
-            for n in range(1, recipe.run.rounds + 1):
-                if len(s.run.completed(n)) == len(stages):
-                    continue
-                for stage in stages:
-                    if not s.run.is_done(n, stage):
-                        run_stage(s, n, stage)
-                record_round(s, n)
-                tracker.log_round(n, s.run.metrics(n))
-                say(f"round {n} complete: {s.run.round_dir(n)}: {round_summary(s.run.metrics(n))}")
+            result = _rounds(s, tracker)
         finally:
             tracker.finish()
-    return s.run
+    return s.run, result
+
+
+def _rounds(s: Session, tracker) -> dict:
+    """Every round not yet complete, then the safeguards' check of each evaluated round, in order."""
+    from rlaif.safeguards import round_verdict, write_result
+    from rlaif.tracking import sample_rows
+
+    recipe, stages = s.recipe, stages_for(s.recipe)
+    done = 0
+    for n in range(1, recipe.run.rounds + 1):
+        if len(s.run.completed(n)) != len(stages):
+            for stage in stages:
+                if not s.run.is_done(n, stage):
+                    run_stage(s, n, stage)
+            record_round(s, n)
+            tracker.log_round(n, s.run.metrics(n), sample_rows(s.run, n, recipe.wandb.sample_prompts))
+            say(f"round {n} complete: {s.run.round_dir(n)}: {round_summary(s.run.metrics(n))}")
+        done = n
+        broken = round_verdict(recipe.safeguards, s.run, n) if "evaluate" in stages else None
+        if broken:
+            result = write_result(s.run, done, n, broken, healthy=n - 1)
+            say(f"stopped after round {n} by a safeguard: {result['reason']}. The result is "
+                f"{result['adapter'] or 'the base model (no adapter)'}; every round stays in {s.run.root}")
+            tracker.summary({"stopped_after_round": n, "stop_reason": result["reason"], "best_round": result["best_round"]})
+            return result
+    return write_result(s.run, done, None, [], healthy=None)
 
 
 def run_one_stage(recipe: Recipe, stage: str, n: int | None) -> tuple[int, dict, Path | None]:

@@ -6,7 +6,7 @@ import pytest
 from conftest import write_recipe
 from safetensors.torch import load_file
 
-from rlaif.artifacts import STAGES, read_json, read_jsonl
+from rlaif.artifacts import REDO_STAGES, read_json, read_jsonl
 from rlaif.cli import main
 
 pytestmark = [
@@ -31,7 +31,7 @@ def test_one_round_on_the_bundled_model(tmp_path):
     assert main(["validate", str(path)]) == 0
     assert main(["run", str(path)]) == 0
     out = tmp_path / "out" / "round_001"
-    assert read_json(out / "state.json")["completed"] == list(STAGES)
+    assert read_json(out / "state.json")["completed"] == list(REDO_STAGES)
     cands = read_jsonl(out / "candidates.jsonl")
     assert len(cands) == 9 and sum(bool(c["text"]) for c in cands) >= 7  # the instruct model answers
     metrics = read_json(out / "metrics.json")

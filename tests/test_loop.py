@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, tiny_recipe, write_recipe
 from safetensors.torch import load_file
 
-from rlaif.artifacts import STAGES, read_json, read_jsonl
+from rlaif.artifacts import REDO_STAGES, read_json, read_jsonl
 from rlaif.cli import main
 
 ROUND_FILES = ["prompts.jsonl", "candidates.jsonl", "verdicts.jsonl", "rankings.jsonl", "pairs.jsonl",
@@ -43,7 +43,7 @@ def test_two_rounds_write_every_artifact(finished_run):
     for n in (1, 2):
         for name in ROUND_FILES:
             assert (out / f"round_{n:03d}" / name).is_file(), name
-        assert read_json(out / f"round_{n:03d}/state.json")["completed"] == list(STAGES)
+        assert read_json(out / f"round_{n:03d}/state.json")["completed"] == list(REDO_STAGES)
         cands = read_jsonl(out / f"round_{n:03d}/candidates.jsonl")
         assert len(cands) == 4 * 3
         assert len(read_jsonl(out / f"round_{n:03d}/verdicts.jsonl")) == 4 * 3  # 3 pairs per prompt
@@ -189,7 +189,7 @@ def test_kill_during_each_stage_then_rerun_gives_the_same_artifacts(finished_run
     assert final.returncode == 0, final.stderr[-3000:]
     assert not [p for p in out.rglob("*.tmp-*")], "temporary files are cleaned up"
     for n in (1, 2):
-        assert read_json(out / f"round_{n:03d}/state.json")["completed"] == list(STAGES)
+        assert read_json(out / f"round_{n:03d}/state.json")["completed"] == list(REDO_STAGES)
         for name in JSONL:
             got = read_jsonl(out / f"round_{n:03d}" / name)
             want = read_jsonl(reference / f"round_{n:03d}" / name)

@@ -69,9 +69,8 @@ def runs(tiny_model, tmp_path_factory):
     recipe = tiny_recipe(tiny_model, tmp / "run", judge={"mode": "pairwise"}, dpo={"num_train_epochs": 1})
     assert main(["run", str(write_recipe(tmp / "recipe.yaml", recipe))]) == 0
     shutil.copytree(tmp / "run", tmp / "noeval")
+    (tmp / "noeval/result.json").unlink()  # as if stopped before the loop wrote it
     fabricate_eval(tmp / "run")
-    write_json(tmp / "run/result.json", {"status": "completed", "reason": None, "stopped_after_round": None,
-                                          "best_round": 2, "adapter": "round_002/adapter", "rounds_completed": 2})
     return tmp / "run", tmp / "noeval"
 
 
@@ -137,9 +136,14 @@ def test_report_of_an_rl_run_draws_reward_not_verdicts(tmp_path):
         write_jsonl(run / f"round_{n:03d}/completions.jsonl",
                     [{"step": 0, "call": 1, "prompt_id": "p1", "completion": c, "text": "x", "reward": 0.1,
                       "mean_win": 0.5, "truncated": True} for c in (0, 1)])
+    write_json(run / "result.json", {"status": "stopped", "reason": "win rate vs previous 0.31 < 0.4",
+                                     "stopped_after_round": 2, "best_round": 1, "adapter": "round_001/adapter",
+                                     "rounds_completed": 2})
     path = report.write_report(run)
     assert sorted(p.stem for p in path.parent.glob("*.png")) == ["collapse", "training"]
     md = path.read_text()
+    assert "**stopped** (win rate vs previous 0.31 < 0.4, after round 2)" in md
+    assert "best round: 1 (adapter `round_001/adapter`)" in md
     assert "| round | complete | reward mean ± std | KL |" in md and "| 2 | yes | 0.2 ± 0.05 | 0.02 |" in md
     assert "GRPO/RLOO judge inside training" in md and "rlaif eval" in md
     assert list(report.train_log(run)["global_step"]) == [1, 2, 3, 4]

@@ -1,0 +1,422 @@
+"""Stage 6, evaluate: does a round's adapter get better on prompts the loop never trained on?
+
+For the base model and each round's adapter, on the held-out split of the prompt set:
+
+- **win-rate** against the base and against the previous round, judged by a judge that does not
+  move (``eval.judge_model``: the frozen base by default), every head-to-head in both orders
+  (pairwise), with a 95% bootstrap interval over prompts;
+- **verifiable instruction following** on rlaif's checker set (:mod:`rlaif.checkers`): the share of
+  prompts with every constraint met and the share of constraints met;
+- **collapse signals** (Shumailov et al. 2024): distinct-1/2 over all samples, self-similarity
+  between the samples of the same prompt, response length (mean, spread), the share cut off at the
+  token limit, and a Monte-Carlo KL(model ‖ base) estimate on the held-out samples.
+
+Deviations from the usual win-rate evaluations (AlpacaEval, MT-Bench): the judge is the small
+frozen base, not a strong external model, so win-rates near 0.5 mean "the judge cannot tell", not
+"no change"; and a tie (p exactly 0.5, or a failed verdict) counts as half a win.
+
+Everything is cached under ``RUN/eval/``: responses per model (keyed by the adapter's sha256 and the
+evaluation settings) and head-to-heads per pair of models, so ``rlaif eval`` after a run whose rounds
+were already evaluated only re-reads files, and a redone round is evaluated afresh.
+
+    RUN/eval/responses/<model>.jsonl         held-out and instruction responses, log-probs, constraints met
+    RUN/eval/responses/<model>.meta.json     adapter, its sha256, the settings fingerprint
+    RUN/eval/comparisons/<a>_vs_<b>.jsonl    per held-out prompt: both orders' P(A), p = P(a beats b)
+    RUN/eval/results.json                    one row of metrics per model (the table `rlaif eval` prints)
+"""
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import random
+import statistics
+import sys
+from pathlib import Path
+
+from rlaif.artifacts import RunDir, read_json, read_jsonl, sha256_dir, write_json, write_jsonl
+from rlaif.config import Recipe
+from rlaif.errors import RlaifError
+
+WORD = r"[^\W_]+(?:['’-][^\W_]+)*"
+
+
+def say(msg: str) -> None:
+    print(f"[rlaif] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- metrics (pure functions)
+
+
+def words(text: str) -> list[str]:
+    import re
+
+    return [w.lower() for w in re.findall(WORD, text)]
+
+
+def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Unique n-grams over all n-grams of all texts (Li et al. 2016); NaN when there are none."""
+    grams = [g for t in texts for g in ngrams(words(t), n)]
+    return len(set(grams)) / len(grams) if grams else math.nan
+
+
+def jaccard(a: set, b: set) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
+def self_similarity(groups: list[list[str]]) -> float:
+    """Mean word-bigram Jaccard similarity between samples of the same prompt (1 = identical samples)."""
+    sims = []
+    for texts in groups:
+        sets = [set(ngrams(words(t), 2)) for t in texts]
+        sims += [jaccard(a, b) for a, b in itertools.combinations(sets, 2)]
+    return statistics.fmean(sims) if sims else math.nan
+
+
+def win_rate(ps: list[float], resamples: int, seed: int) -> tuple[float, list[float]]:
+    """Share of head-to-heads won (p > 0.5; a tie or failed verdict is half), and its 95% bootstrap interval."""
+    wins = [0.5 if math.isnan(p) or p == 0.5 else float(p > 0.5) for p in ps]
+    if not wins:
+        return math.nan, [math.nan, math.nan]
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(wins, k=len(wins))) for _ in range(resamples))
+    return statistics.fmean(wins), [means[int(0.025 * (resamples - 1))], means[int(0.975 * (resamples - 1))]]
+
+
+def collapse_signals(heldout: list[dict]) -> dict:
+    """Diversity, length and KL signals of one model's held-out samples."""
+    by_prompt: dict[str, list[str]] = {}
+    for r in heldout:
+        by_prompt.setdefault(r["prompt_id"], []).append(r["text"])
+    lengths = [r["num_tokens"] for r in heldout]
+    return {
+        "distinct_1": distinct_n([r["text"] for r in heldout], 1),
+        "distinct_2": distinct_n([r["text"] for r in heldout], 2),
+        "self_similarity": self_similarity(list(by_prompt.values())),
+        "mean_tokens": statistics.fmean(lengths),
+        "std_tokens": statistics.pstdev(lengths),
+        "truncated_share": sum(r["truncated"] for r in heldout) / len(heldout),
+        "empty_share": sum(not r["text"].strip() for r in heldout) / len(heldout),
+        "kl_to_base": statistics.fmean(r["logp_model"] - r["logp_base"] for r in heldout),
+    }
+
+
+def instruction_metrics(rows: list[dict]) -> dict:
+    if not rows:
+        return {"if_prompt_accuracy": None, "if_constraint_accuracy": None}
+    met = [m for r in rows for m in r["met"]]
+    return {
+        "if_prompt_accuracy": sum(all(r["met"]) for r in rows) / len(rows),
+        "if_constraint_accuracy": sum(met) / len(met),
+    }
+
+
+# ---------------------------------------------------------------- the evaluator
+
+
+@dataclasses.dataclass
+class Model:
+    """One evaluated model: the base (adapter None) or an adapter on it."""
+
+    name: str
+    round: int | None
+    adapter: Path | None
+
+
+def fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Evaluator:
+    """Answers, judges and scores models on the held-out prompts of one run folder, caching everything."""
+
+    def __init__(self, recipe: Recipe, run: RunDir):
+        from rlaif.loop import Session
+
+        self.recipe, self.run, self.cfg = recipe, run, recipe.eval
+        self.session = Session(recipe)
+        self.root = run.root / "eval"
+        self._base = None
+        self._judge = None
+        self.heldout = self._heldout_prompts()
+        self.instructions = self._instruction_prompts()
+        gen = recipe.generate
+        self.max_new_tokens = self.cfg.max_new_tokens or gen.max_new_tokens
+        self.settings = fingerprint({
+            "eval": dataclasses.asdict(self.cfg), "generate": dataclasses.asdict(gen), "model": recipe.model.source,
+            "seed": recipe.run.seed, "heldout": [p["id"] for p in self.heldout],
+            "instructions": [p["id"] for p in self.instructions],
+        })
+
+    # -- inputs
+    def _heldout_prompts(self) -> list[dict]:
+        from rlaif.prompts import load_pool, prompt_token_count
+
+        pool = load_pool(self.recipe.prompts)
+        tok, limit = self.session.tokenizer, self.recipe.prompts.max_prompt_tokens
+        fitting = [p for p in pool.heldout if prompt_token_count(tok, p["prompt"]) <= limit]
+        if not fitting:
+            raise RlaifError(
+                "no held-out prompts to evaluate on: the prompt set's held-out split is empty "
+                "(set prompts.heldout_fraction for a file or hub prompt set)"
+            )
+        n = self.cfg.heldout_prompts or len(fitting)
+        return fitting[:n]
+
+    def _instruction_prompts(self) -> list[dict]:
+        if self.cfg.instructions == "none":
+            return []
+        from rlaif.checkers import load_instruction_set
+
+        rows = load_instruction_set(None if self.cfg.instructions == "bundled" else self.cfg.instructions)
+        return rows[: self.cfg.instruction_prompts or len(rows)]
+
+    # -- models
+    def models(self, rounds: list[int] | None = None) -> list[Model]:
+        """The base and every round with an adapter (or just ``rounds``)."""
+        out = [Model("base", 0, None)]
+        for n in range(1, self.run.last_round() + 1):
+            if (self.run.adapter(n) / "adapter_config.json").is_file() and (rounds is None or n in rounds):
+                out.append(Model(f"round_{n:03d}", n, self.run.adapter(n)))
+        return out
+
+    def previous(self, m: Model) -> Model | None:
+        """The model a round is compared with as "the previous round": the newest earlier adapter, else the base."""
+        if m.round in (None, 0):
+            return None
+        from rlaif.loop import policy_adapter
+
+        prev = policy_adapter(self.run, m.round)
+        if prev is None:
+            return Model("base", 0, None)
+        n = int(prev.parent.name.split("_")[1])
+        return Model(f"round_{n:03d}", n, prev)
+
+    @property
+    def base(self):
+        if self._base is None:
+            self._base = self.session.load(None)
+        return self._base
+
+    # -- responses
+    def _response_paths(self, m: Model) -> tuple[Path, Path]:
+        return self.root / "responses" / f"{m.name}.jsonl", self.root / "responses" / f"{m.name}.meta.json"
+
+    def responses(self, m: Model) -> list[dict]:
+        """The model's held-out and instruction responses (cached by adapter sha256 + settings)."""
+        path, meta_path = self._response_paths(m)
+        meta = {"model": m.name, "adapter": str(m.adapter) if m.adapter else None,
+                "adapter_sha256": sha256_dir(m.adapter) if m.adapter else None, "settings": self.settings}
+        if path.is_file() and meta_path.is_file() and read_json(meta_path) == meta:
+            return read_jsonl(path)
+        rows = self._generate(m)
+        write_jsonl(path, rows)
+        write_json(meta_path, meta)
+        return rows
+
+    def _generate(self, m: Model) -> list[dict]:
+        from rlaif.generate import derive_seed, response_logprobs
+
+        say(f"eval: {m.name}: answering {len(self.heldout)} held-out prompts x{self.cfg.samples}"
+            f" and {len(self.instructions)} instruction prompts")
+        model = self.session.load(m.adapter) if m.adapter else self.base
+        seed = derive_seed(self.recipe.run.seed, "eval")
+        rows = []
+        for name, prompts, k in (("heldout", self.heldout, self.cfg.samples), ("instructions", self.instructions, 1)):
+            if not prompts:
+                continue
+            for r in sample_responses(model, self.session.tokenizer, prompts, self._gen_cfg(k), seed, m.name, name):
+                r["set"] = name
+                rows.append(r)
+        text_of = {p["id"]: p["prompt"] for p in self.heldout + self.instructions}
+        constraints = {p["id"]: p["constraints"] for p in self.instructions}
+        args = (self.session.tokenizer, [text_of[r["prompt_id"]] for r in rows], [r["text"] for r in rows])
+        own = response_logprobs(model, *args)
+        base = response_logprobs(self.base, *args) if m.adapter else own
+        for r, lp, lb in zip(rows, own, base):
+            r["prompt"] = text_of[r["prompt_id"]]
+            r["logp_model"], r["logp_base"] = lp, lb
+            if r["set"] == "instructions":
+                from rlaif.checkers import check_all
+
+                r["constraints"] = constraints[r["prompt_id"]]
+                r["met"] = check_all(r["text"], r["constraints"])
+        return rows
+
+    def _gen_cfg(self, k: int):
+        return dataclasses.replace(self.recipe.generate, num_candidates=k, max_new_tokens=self.max_new_tokens)
+
+    # -- head-to-heads
+    @property
+    def judge(self):
+        from rlaif.judge import build_judge
+        from rlaif.loop import _judge_model
+
+        if self._judge is None:
+            cfg = dataclasses.replace(self.recipe.judge, mode=self.cfg.judge_mode, model=self.cfg.judge_model,
+                                      principles="all")
+            if cfg.model == "base":
+                model, tokenizer = self.base, self.session.tokenizer
+            else:
+                model, tokenizer = _judge_model(self.session, cfg.model, None)
+            self._judge = build_judge(cfg, model, tokenizer, self.session.constitution)
+        return self._judge
+
+    def compare(self, a: Model, b: Model) -> list[dict]:
+        """Per held-out prompt: P(a's first sample beats b's), both orders (cached)."""
+        from rlaif.judge import judge_candidates
+
+        ra, rb = (self._first_samples(self.responses(m)) for m in (a, b))
+        key = fingerprint({"a": self._response_key(a), "b": self._response_key(b), "judge": self.cfg.judge_model,
+                           "mode": self.cfg.judge_mode, "judge_cfg": dataclasses.asdict(self.recipe.judge)})
+        path = self.root / "comparisons" / f"{a.name}_vs_{b.name}.jsonl"
+        meta_path = path.with_suffix(".meta.json")
+        if path.is_file() and meta_path.is_file() and read_json(meta_path).get("key") == key:
+            return read_jsonl(path)
+        say(f"eval: judging {a.name} vs {b.name} on {len(self.heldout)} held-out prompts")
+        candidates = []
+        for p in self.heldout:
+            for idx, side in enumerate((ra, rb)):
+                r = side[p["id"]]
+                candidates.append({"prompt_id": p["id"], "candidate": idx, "text": r["text"]})
+        verdicts = judge_candidates(self.judge, self.session.constitution, self.heldout, candidates, "all",
+                                    self.recipe.run.seed)
+        rows = [{"prompt_id": v["prompt_id"], "p_a_ij": v["p_a_ij"], "p_a_ji": v["p_a_ji"], "p": v["p_i"],
+                 "agree": v["agree"], **({"score_a": v["score_i"], "score_b": v["score_j"]} if "score_i" in v else {})}
+                for v in verdicts]
+        write_jsonl(path, rows)
+        write_json(meta_path, {"key": key})
+        return rows
+
+    def _response_key(self, m: Model) -> dict:
+        return read_json(self._response_paths(m)[1])
+
+    @staticmethod
+    def _first_samples(rows: list[dict]) -> dict[str, dict]:
+        out = {}
+        for r in rows:
+            if r["set"] == "heldout" and r["prompt_id"] not in out:
+                out[r["prompt_id"]] = r
+        return out
+
+    # -- one model's row of the table
+    def summarize(self, m: Model) -> dict:
+        rows = self.responses(m)
+        row = {"name": m.name, "round": m.round, "adapter": str(m.adapter.relative_to(self.run.root))
+               if m.adapter and m.adapter.is_relative_to(self.run.root) else (str(m.adapter) if m.adapter else None)}
+        prev = self.previous(m)
+        for label, other in (("base", Model("base", 0, None) if m.adapter else None), ("previous", prev)):
+            if other is None:
+                row[f"win_rate_vs_{label}"], row[f"win_rate_vs_{label}_ci"] = None, None
+                continue
+            ps = [c["p"] for c in self.compare(m, other)]
+            rate, ci = win_rate(ps, self.cfg.bootstrap, self.recipe.run.seed)
+            row[f"win_rate_vs_{label}"], row[f"win_rate_vs_{label}_ci"] = rate, ci
+            row[f"p_vs_{label}_mean"] = _nanmean(ps)
+        if prev is not None:
+            row["previous"] = prev.name
+        row.update(instruction_metrics([r for r in rows if r["set"] == "instructions"]))
+        row.update(collapse_signals([r for r in rows if r["set"] == "heldout"]))
+        return row
+
+    def results(self, models: list[Model]) -> dict:
+        out = {
+            "rlaif": "eval results",
+            "judge": {"model": self.cfg.judge_model, "mode": self.cfg.judge_mode},
+            "heldout_prompts": len(self.heldout),
+            "samples": self.cfg.samples,
+            "instruction_prompts": len(self.instructions),
+            "max_new_tokens": self.max_new_tokens,
+            "models": [self.summarize(m) for m in models],
+        }
+        write_json(self.root / "results.json", out)
+        return out
+
+
+def _nanmean(xs: list[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return statistics.fmean(xs) if xs else math.nan
+
+
+def sample_responses(model, tokenizer, prompts: list[dict], cfg, seed: int, model_name: str, set_name: str) -> list[dict]:
+    """``cfg.num_candidates`` sampled responses per prompt, seeded alike for every model.
+
+    ``model_name`` and ``set_name`` say which model and prompt set are answered (the collapse tests
+    replace this function to plant a collapsed round).
+    """
+    from rlaif.generate import derive_seed, generate_candidates
+
+    return generate_candidates(model, tokenizer, prompts, cfg, derive_seed(seed, set_name))
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def evaluate_run(recipe: Recipe, rounds: list[int] | None = None, adapter: Path | None = None) -> dict:
+    """``rlaif eval``: the base, each round (or ``rounds``), or one outside ``adapter``, on held-out prompts."""
+    run = RunDir(recipe.run.output_dir)
+    ev = Evaluator(recipe, run)
+    if adapter is not None:
+        adapter = Path(adapter).expanduser().resolve()
+        if not (adapter / "adapter_config.json").is_file():
+            raise RlaifError(f"--adapter {adapter}: not a LoRA adapter folder (no adapter_config.json)")
+        models = [Model("base", 0, None), Model(f"adapter_{sha256_dir(adapter)[:8]}", None, adapter)]
+    else:
+        models = ev.models(rounds)
+        if rounds:
+            missing = sorted(set(rounds) - {m.round for m in models})
+            if missing:
+                raise RlaifError(f"{run.root}: no adapter for round(s) {missing}")
+    with run.lock():
+        return ev.results(models)
+
+
+def evaluate_round(s, n: int) -> dict:
+    """The loop's evaluate stage: round n against the base and the round before it (cached pieces reused)."""
+    ev = Evaluator(s.recipe, s.run)
+    m = Model(f"round_{n:03d}", n, s.run.adapter(n))
+    if not (m.adapter / "adapter_config.json").is_file():
+        raise RlaifError(f"round {n}: stage 'evaluate' needs the round's adapter ({m.adapter})")
+    base = ev.summarize(Model("base", 0, None))
+    row = ev.summarize(m)
+    write_json(s.run.path(n, "eval.json"), {"model": row, "base": base})
+    return {"model": row, "base": base}
+
+
+def format_table(results: dict) -> str:
+    """The results as a plain-text table, one row per model."""
+
+    def f(x, spec=".2f"):
+        return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+    def ci(row, key):
+        if row.get(key) is None:
+            return "—"
+        lo, hi = row[f"{key}_ci"]
+        return f"{f(row[key])} [{f(lo)}, {f(hi)}]"
+
+    head = ["model", "win vs base [95% CI]", "win vs prev [95% CI]", "IF prompts", "IF constraints",
+            "distinct-2", "self-sim", "tokens (sd)", "truncated", "KL"]
+    lines = [head]
+    for r in results["models"]:
+        lines.append([r["name"], ci(r, "win_rate_vs_base"), ci(r, "win_rate_vs_previous"),
+                      f(r["if_prompt_accuracy"]), f(r["if_constraint_accuracy"]), f(r["distinct_2"]),
+                      f(r["self_similarity"]), f"{f(r['mean_tokens'], '.1f')} ({f(r['std_tokens'], '.1f')})",
+                      f(r["truncated_share"]), f(r["kl_to_base"], ".3f")])
+    widths = [max(len(row[c]) for row in lines) for c in range(len(head))]
+    text = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in lines]
+    text.insert(1, "-+-".join("-" * w for w in widths))
+    j = results["judge"]
+    text.append(f"{results['heldout_prompts']} held-out prompts x{results['samples']} samples, "
+                f"{results['instruction_prompts']} instruction prompts, judge: {j['model']} ({j['mode']}, both orders)"
+                if j["mode"] == "pairwise" else
+                f"{results['heldout_prompts']} held-out prompts, {results['instruction_prompts']} instruction prompts, "
+                f"judge: {j['model']} ({j['mode']})")
+    return "\n".join(text)
