@@ -60,7 +60,8 @@ def validate(recipe) -> list[str]:
     lines = [f"recipe {recipe.source}: keys and types ok"]
     pool = load_pool(recipe.prompts)
     lines.append(f"prompts: {pool.counts['train']} training, {pool.counts['heldout']} held out "
-                 f"({pool.counts['duplicates']} duplicates, {pool.counts['empty']} empty skipped)")
+                 f"({pool.counts['duplicates']} duplicates, {pool.counts['empty']} empty skipped)"
+                 + (f"; {pool.counts['no_reference']} without a reference answer" if "no_reference" in pool.counts else ""))
     c = load_constitution(recipe.judge.constitution)
     lines.append(f"constitution {c.source}: {len(c.principles)} principles, labels {list(c.labels)}"
                  + (f", pointwise scores {list(c.pointwise.labels)}" if c.pointwise else "")

@@ -64,6 +64,11 @@ class PromptsConfig:
     input_column: str | None = _f(
         None, "Optional column appended to the prompt (after a blank line) when it is not empty."
     )
+    reference_column: str | None = _f(
+        None,
+        "Optional column of a human-written reference answer (dotted paths as in `column`), kept on each prompt "
+        "as `reference` for `pairs.anchor_share`. The bundled prompt set has none.",
+    )
     heldout_fraction: float = _f(
         0.0,
         "Share of a file/hub prompt set held out from training, chosen by a hash of the prompt text. "
@@ -127,6 +132,17 @@ class PairsConfig:
     drop_identical: bool = _f(True, "Drop pairs whose two responses are the same text.")
     drop_empty: bool = _f(True, "Drop pairs where either response is empty.")
     drop_truncated: bool = _f(True, "Drop pairs where either response hit max_new_tokens.")
+    anchor_share: float = _f(
+        0.0,
+        "Share of each round's prompts (picked by a hash of seed, round and prompt id) that also get an anchor "
+        "pair: chosen = the prompt's human reference answer (`prompts.reference_column`), rejected = the "
+        "lowest-ranked usable candidate; no margin needed. DPO only; 0 = off.",
+    )
+    length_tiebreak: float = _f(
+        0.0,
+        "best_worst: among candidates whose mean win probability is within this of the top (bottom) one, "
+        "choose the shortest as chosen (the longest as rejected), against length bias. 0 = off.",
+    )
 
 
 @dataclass
@@ -486,12 +502,39 @@ def _check_values(r: Recipe) -> None:
         raise RlaifError(f"{s}: generate.top_p must be in (0, 1], got {r.generate.top_p}")
     if not 0 <= r.pairs.min_margin < 0.5:
         raise RlaifError(f"{s}: pairs.min_margin must be in [0, 0.5), got {r.pairs.min_margin}")
+    _check_pairs(r)
     if not 0 <= r.prompts.heldout_fraction < 1:
         raise RlaifError(f"{s}: prompts.heldout_fraction must be in [0, 1), got {r.prompts.heldout_fraction}")
     _check_judge_model(r.judge.model, s, "judge.model")
     _check_eval(r)
     if r.prompts.source in ("file", "hub") and not r.prompts.path:
         raise RlaifError(f"{s}: prompts.path is required when prompts.source is '{r.prompts.source}'")
+
+
+def _check_pairs(r: Recipe) -> None:
+    """The collapse safeguards: anchoring needs reference answers and DPO pairs; the tie-break needs pairs."""
+    s, p = r.source, r.pairs
+    for key in ("anchor_share", "length_tiebreak"):
+        if not 0 <= getattr(p, key) <= 1:
+            raise RlaifError(f"{s}: pairs.{key} must be in [0, 1], got {getattr(p, key)}")
+    if r.prompts.reference_column and r.prompts.source == "bundled":
+        raise RlaifError(
+            f"{s}: prompts.reference_column is set, but the bundled prompt set has no reference answers; "
+            "use a prompt file or hub dataset that has them (prompts.source: file or hub)"
+        )
+    if r.train.method != "dpo":
+        for key in ("anchor_share", "length_tiebreak"):
+            if getattr(p, key) > 0:
+                raise RlaifError(
+                    f"{s}: pairs.{key} applies to DPO preference pairs, and train.method={r.train.method} builds "
+                    f"none; set pairs.{key}: 0 or train.method: dpo"
+                )
+    if p.anchor_share > 0 and not r.prompts.reference_column:
+        raise RlaifError(
+            f"{s}: pairs.anchor_share={p.anchor_share} needs prompts.reference_column (the column of a "
+            "human-written reference answer); the bundled prompt set has no reference answers, so use a prompt "
+            "file or hub dataset that has them"
+        )
 
 
 def _check_judge_model(value: str, source: str, key: str) -> None:

@@ -251,7 +251,11 @@ class Evaluator:
         return rows
 
     def _gen_cfg(self, k: int):
-        return dataclasses.replace(self.recipe.generate, num_candidates=k, max_new_tokens=self.max_new_tokens)
+        """The recipe's sampling settings, k samples per prompt, with as many sequences per batch as training's."""
+        gen = self.recipe.generate
+        rows = gen.batch_size * gen.num_candidates
+        return dataclasses.replace(gen, num_candidates=k, max_new_tokens=self.max_new_tokens,
+                                   batch_size=max(1, rows // k))
 
     # -- head-to-heads
     @property

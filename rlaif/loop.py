@@ -174,10 +174,11 @@ def stage_pairs(s: Session, n: int) -> dict:
     prompts, candidates, verdicts, rankings = (
         read_jsonl(s.run.path(n, name)) for name in ("prompts.jsonl", "candidates.jsonl", "verdicts.jsonl", "rankings.jsonl")
     )
-    pairs, dropped, counts = build_pairs(prompts, candidates, verdicts, rankings, s.recipe.pairs)
+    pairs, dropped, counts = build_pairs(prompts, candidates, verdicts, rankings, s.recipe.pairs, s.recipe.run.seed, n)
     write_jsonl(s.run.path(n, "pairs.jsonl"), pairs)
     write_jsonl(s.run.path(n, "pairs_dropped.jsonl"), dropped)
-    counts["mean_margin_kept"] = statistics.fmean(p["margin"] for p in pairs) if pairs else None
+    judged = [p["margin"] for p in pairs if p["source"] == "judge"]  # anchor pairs have no judge margin
+    counts["mean_margin_kept"] = statistics.fmean(judged) if judged else None
     return counts
 
 

@@ -3,7 +3,9 @@
 Sources: the bundled set (``rlaif/data/prompts.jsonl``, with a fixed held-out split), a local
 JSONL/CSV/parquet file with a column mapping, or a ``datasets`` hub dataset. Prompts are
 deduplicated (case and whitespace folded); empty ones and ones longer than the context budget are
-skipped and counted, never a crash. Held-out prompts are never drawn for training.
+skipped and counted, never a crash. Held-out prompts are never drawn for training. With
+``prompts.reference_column`` each prompt also keeps its human-written reference answer as
+``reference`` (when the row has a non-empty one), for the pair builder's anchor pairs.
 """
 
 import csv
@@ -22,7 +24,7 @@ from rlaif.errors import RlaifError
 
 @dataclass
 class PromptPool:
-    train: list[dict]  # {"id", "prompt"}
+    train: list[dict]  # {"id", "prompt"} (+ "reference" with prompts.reference_column)
     heldout: list[dict]
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -84,6 +86,14 @@ def get_path(row: Any, dotted: str) -> Any:
     return value
 
 
+def _has_path(row: Any, dotted: str) -> bool:
+    try:
+        get_path(row, dotted)
+    except KeyError:
+        return False
+    return True
+
+
 def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().casefold()
 
@@ -109,13 +119,19 @@ def load_pool(cfg: PromptsConfig) -> PromptPool:
     if not rows:
         raise RlaifError(f"the prompt set is empty: {origin} has no rows")
     first = rows[0]
-    try:
-        get_path(first, column)
-    except KeyError:
-        keys = ", ".join(first) if isinstance(first, dict) else type(first).__name__
-        raise RlaifError(f"{origin}: no column '{column}' (columns: {keys}); set prompts.column") from None
+    keys = ", ".join(first) if isinstance(first, dict) else type(first).__name__
+    if not _has_path(first, column):
+        raise RlaifError(f"{origin}: no column '{column}' (columns: {keys}); set prompts.column")
+    reference_column = cfg.reference_column
+    if reference_column and not any(_has_path(row, reference_column) for row in rows):
+        raise RlaifError(
+            f"{origin}: no row has the reference column '{reference_column}' (columns: {keys}); "
+            "set prompts.reference_column"
+        )
 
     counts = {"rows": len(rows), "empty": 0, "duplicates": 0}
+    if reference_column:
+        counts["no_reference"] = 0
     seen: set[str] = set()
     train, heldout = [], []
     for row in rows:
@@ -143,6 +159,15 @@ def load_pool(cfg: PromptsConfig) -> PromptPool:
             item, is_heldout = {"id": row["id"], "prompt": prompt}, row.get("split") == "heldout"
         else:
             item, is_heldout = {"id": _prompt_id(prompt), "prompt": prompt}, _is_heldout(prompt, cfg.heldout_fraction)
+        if reference_column:
+            try:
+                reference = get_path(row, reference_column)
+            except KeyError:
+                reference = None
+            if isinstance(reference, str) and reference.strip():
+                item["reference"] = reference.strip()
+            else:
+                counts["no_reference"] += 1
         (heldout if is_heldout else train).append(item)
     counts.update(train=len(train), heldout=len(heldout))
     if not train:

@@ -109,3 +109,32 @@ def test_readme_recipe_reference_is_the_generated_one():
     assert readme[start:end] == reference_markdown(), "regenerate README's reference with `rlaif reference`"
     for section in ("run", "model", "prompts", "generate", "judge", "pairs", "train", "wandb", "dpo", "grpo", "rloo", "lora"):
         assert f"| `{section}." in readme[start:end]
+
+
+def test_anchor_share_needs_a_reference_column():
+    with pytest.raises(RlaifError, match=r"pairs\.anchor_share=0\.5 needs prompts\.reference_column.*bundled prompt set "
+                                         r"has no reference answers"):
+        recipe_from_dict({"pairs": {"anchor_share": 0.5}})
+    with pytest.raises(RlaifError, match=r"prompts\.reference_column is set, but the bundled prompt set has no reference"):
+        recipe_from_dict({"prompts": {"reference_column": "answer"}, "pairs": {"anchor_share": 0.5}})
+    ok = recipe_from_dict({"prompts": {"source": "file", "path": "p.jsonl", "reference_column": "answer"},
+                           "pairs": {"anchor_share": 0.5}})
+    assert ok.pairs.anchor_share == 0.5 and ok.prompts.reference_column == "answer"
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_pair_safeguards_are_dpo_only(method):
+    prompts = {"source": "file", "path": "p.jsonl", "reference_column": "answer"}
+    with pytest.raises(RlaifError, match=rf"pairs\.anchor_share applies to DPO preference pairs, and train\.method={method}"):
+        recipe_from_dict({"prompts": prompts, "pairs": {"anchor_share": 0.5}, "train": {"method": method}})
+    with pytest.raises(RlaifError, match=rf"pairs\.length_tiebreak applies to DPO preference pairs, and train\.method={method}"):
+        recipe_from_dict({"pairs": {"length_tiebreak": 0.05}, "train": {"method": method}})
+    recipe_from_dict({"prompts": prompts, "train": {"method": method}})  # a reference column alone is harmless
+
+
+@pytest.mark.parametrize("key", ["anchor_share", "length_tiebreak"])
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_pair_safeguard_ranges(key, value):
+    prompts = {"source": "file", "path": "p.jsonl", "reference_column": "answer"}
+    with pytest.raises(RlaifError, match=rf"pairs\.{key} must be in \[0, 1\], got {value}"):
+        recipe_from_dict({"prompts": prompts, "pairs": {key: value}})

@@ -205,7 +205,8 @@ def test_kill_during_each_stage_then_rerun_gives_the_same_artifacts(finished_run
 def test_wandb_offline_without_api_key(tiny_model, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    recipe = tiny_recipe(tiny_model, tmp_path / "out", run={"rounds": 1}, wandb={"enabled": True, "mode": "auto"})
+    recipe = tiny_recipe(tiny_model, tmp_path / "out", run={"rounds": 1}, wandb={"enabled": True, "mode": "auto"},
+                         eval={"each_round": True, "instructions": "none", "heldout_prompts": 4, "bootstrap": 100})
     assert main(["run", str(write_recipe(tmp_path / "r.yaml", recipe))]) == 0
     runs = list((tmp_path / "out/wandb").glob("offline-run-*"))
     assert len(runs) == 1, "no API key: the W&B run is offline, inside the run folder"
@@ -217,9 +218,25 @@ def test_wandb_offline_without_api_key(tiny_model, tmp_path, monkeypatch):
     assert len(history) == 1 and history[0]["round"] == 1
     metrics = read_json(tmp_path / "out/round_001/metrics.json")
     for key in ("generate/mean_tokens", "judge/mean_margin", "judge/length_corr", "pairs/kept",
-                "train/loss_last", "train/reward_margin_after", "train/reward_accuracy_after"):
-        stage, name = key.split("/")
-        assert history[0][key] == pytest.approx(metrics[stage][name]), key
+                "train/loss_last", "train/reward_margin_after", "train/reward_accuracy_after",
+                "evaluate/model/win_rate_vs_base", "evaluate/model/distinct_2", "evaluate/base/mean_tokens"):
+        stage, *path = key.split("/")
+        want = metrics[stage]
+        for name in path:
+            want = want[name]
+        assert history[0][key] == pytest.approx(want), key
+    # the samples table: every candidate of the first prompts, with rank, role and both orders' verdicts
+    (table,) = runs[0].glob("files/media/table/samples_*.table.json")
+    data = json.loads(table.read_text())
+    cols = data["columns"]
+    assert {"prompt", "text", "rank", "role", "verdicts"} <= set(cols)
+    rows = [dict(zip(cols, r)) for r in data["data"]]
+    ranking = read_jsonl(tmp_path / "out/round_001/rankings.jsonl")[0]
+    first = [r for r in rows if r["prompt_id"] == ranking["prompt_id"]]
+    assert [r["candidate"] for r in first] == ranking["order"] and [r["rank"] for r in first] == [1, 2, 3]
+    pair = read_jsonl(tmp_path / "out/round_001/pairs.jsonl")[0]
+    roles = {r["candidate"]: r["role"] for r in rows if r["prompt_id"] == pair["prompt_id"]}
+    assert roles[pair["chosen_candidate"]] == "chosen" and roles[pair["rejected_candidate"]] == "rejected"
 
 
 def test_previous_reference_and_frozen_base_judge(tiny_model, tmp_path):
@@ -240,3 +257,37 @@ def test_base_reference_round_two_starts_away_from_its_reference(finished_run):
     r2 = read_json(out / "round_002/metrics.json")["train"]
     assert r2["reference"] == "base" and r2["start_adapter"] == "round_001/adapter"
     assert abs(r2["reward_margin_before"]) > 1e-6  # round 1's adapter already differs from the base
+
+
+def test_anchor_pairs_from_reference_answers_are_trained_on(tiny_model, tmp_path, capsys):
+    """pairs.anchor_share=1: every prompt with a reference answer gets a (reference, worst candidate) pair."""
+    rows = [{"task": {"q": q}, "answer": a} for q, a in [
+        ("Name three primary colours.", "Red, blue and yellow."),
+        ("What is the capital of France?", "Paris."),
+        ("Give a synonym for happy.", "Glad."),
+        ("Count from one to three.", ""),  # no reference: no anchor pair, counted
+    ]]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(
+        tiny_model, out, run={"rounds": 1},
+        prompts={"source": "file", "path": str(tmp_path / "qa.jsonl"), "column": "task.q", "reference_column": "answer"},
+        pairs={"anchor_share": 1.0, "length_tiebreak": 0.05},
+    ))
+    assert main(["run", str(recipe)]) == 0
+    reference = {r["task"]["q"]: r["answer"] for r in rows if r["answer"]}
+    prompts = read_jsonl(out / "round_001/prompts.jsonl")
+    assert {p["prompt"]: p["reference"] for p in prompts if "reference" in p} == reference
+    pairs = read_jsonl(out / "round_001/pairs.jsonl")
+    anchors = [p for p in pairs if p["source"] == "reference"]
+    assert anchors and all(p["chosen"] == reference[p["prompt"]] for p in anchors)
+    metrics = read_json(out / "round_001/metrics.json")
+    counts = metrics["pairs"]
+    assert counts["anchor_pairs"] == len(anchors) and counts["anchor_missing_reference"] == 1
+    assert counts["kept"] == len(pairs) and counts["dropped"] == len(read_jsonl(out / "round_001/pairs_dropped.jsonl"))
+    assert metrics["train"]["pairs"] == len(pairs) and metrics["train"]["steps"] > 0
+    assert metrics["train"]["adapter_delta_norm"] > 0
+    before = tree_digest(out)
+    assert main(["run", str(recipe), "--set", "pairs.anchor_share=0.5"]) == 2  # a changed pairs.* is refused
+    assert "changed: pairs.anchor_share" in capsys.readouterr().err
+    assert tree_digest(out) == before

@@ -113,3 +113,19 @@ def test_self_instruct_seed_tasks_load_with_a_column_mapping():
     with_input = next(r for r in rows if r["instances"][0]["input"].strip())
     expected = normalise(f"{with_input['instruction'].strip()}\n\n{with_input['instances'][0]['input'].strip()}")
     assert expected in {normalise(p["prompt"]) for p in pool.train + pool.heldout}
+
+
+def test_reference_column_is_kept_on_each_prompt(tmp_path):
+    rows = [
+        {"q": "Name a colour", "out": {"text": " Blue. "}},
+        {"q": "Name a fruit", "out": {"text": ""}},  # empty: no reference
+        {"q": "Name a tree"},  # absent: no reference
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    pool = load_pool(PromptsConfig(source="file", path=str(path), column="q", reference_column="out.text"))
+    assert [p.get("reference") for p in pool.train] == ["Blue.", None, None]
+    assert pool.counts["no_reference"] == 2
+    assert "reference" not in load_pool(PromptsConfig(source="file", path=str(path), column="q")).train[0]
+    with pytest.raises(RlaifError, match="no row has the reference column 'answer' \\(columns: q, out\\)"):
+        load_pool(PromptsConfig(source="file", path=str(path), column="q", reference_column="answer"))

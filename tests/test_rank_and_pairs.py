@@ -6,7 +6,7 @@ import pytest
 from rlaif.config import PairsConfig
 from rlaif.constitution import load_constitution
 from rlaif.judge import Comparison, combine_orders, judge_candidates, verdict_metrics
-from rlaif.pairs import build_pairs
+from rlaif.pairs import anchor_prompts, build_pairs
 from rlaif.rank import bradley_terry, rank_all, rank_candidates, win_matrix
 
 
@@ -139,3 +139,129 @@ def test_comparison_is_frozen():
     c = Comparison("p", "a", "b", "x")
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.prompt = "q"
+
+
+# ---------------------------------------------------------------- length tie-break and anchor pairs
+
+
+def _planted_ranking(mean_win, tokens, p=0.9):
+    """Candidates 0..k-1, ranked in index order, with planted mean-win scores and token counts.
+
+    Every head-to-head is won by the better-ranked candidate with probability ``p``, so a pair keeps
+    its margin whichever near-tied candidates the tie-break picks.
+    """
+    k = len(mean_win)
+    prompts = [{"id": "p", "prompt": "q"}]
+    cands = [{"prompt_id": "p", "candidate": i, "text": f"answer {i}", "truncated": False, "num_tokens": n}
+             for i, n in enumerate(tokens)]
+    verdicts = [{"prompt_id": "p", "i": i, "j": j, "p_i": p} for i in range(k) for j in range(i + 1, k)]
+    ranking = {"prompt_id": "p", "order": list(range(k)), "strength": [0.0] * k, "mean_win": mean_win}
+    return prompts, cands, verdicts, [ranking]
+
+
+def test_length_tiebreak_prefers_the_shorter_near_tied_top():
+    fx = _planted_ranking([0.80, 0.78, 0.50, 0.20], tokens=[40, 10, 5, 30])
+    (pair,), _, counts = build_pairs(*fx, PairsConfig(length_tiebreak=0.05))
+    assert (pair["chosen_candidate"], pair["rejected_candidate"]) == (1, 3)  # 1 is within 0.05 of the top and shorter
+    assert pair["length_tiebreak"] is True and pair["source"] == "judge"
+    assert counts["length_tiebreak_changed"] == 1 and counts["length_tiebreak_kept"] == 1
+    assert pair["p_chosen"] == pytest.approx(0.9)  # the margin rule judges the final pair's own head-to-head
+    (off,), _, counts = build_pairs(*fx, PairsConfig())
+    assert (off["chosen_candidate"], off["rejected_candidate"]) == (0, 3) and off["length_tiebreak"] is False
+    assert "length_tiebreak_changed" not in counts
+
+
+def test_length_tiebreak_leaves_candidates_outside_the_tolerance_alone():
+    fx = _planted_ranking([0.80, 0.70, 0.50, 0.20], tokens=[40, 10, 5, 30])
+    (pair,), _, counts = build_pairs(*fx, PairsConfig(length_tiebreak=0.05))
+    assert (pair["chosen_candidate"], pair["rejected_candidate"]) == (0, 3)
+    assert pair["length_tiebreak"] is False and counts["length_tiebreak_changed"] == 0
+
+
+def test_length_tiebreak_rejects_the_longer_near_tied_bottom():
+    fx = _planted_ranking([0.80, 0.50, 0.24, 0.22], tokens=[10, 5, 60, 30])
+    (pair,), _, _ = build_pairs(*fx, PairsConfig(length_tiebreak=0.05))
+    assert (pair["chosen_candidate"], pair["rejected_candidate"]) == (0, 2)
+    assert pair["length_tiebreak"] is True
+
+
+def test_length_tiebreak_never_pairs_a_candidate_with_itself():
+    # candidate 1 is near both ends and the longest near the bottom, but it is already chosen
+    fx = _planted_ranking([0.80, 0.62, 0.40], tokens=[30, 10, 5])
+    (pair,), _, _ = build_pairs(*fx, PairsConfig(length_tiebreak=0.25))
+    assert (pair["chosen_candidate"], pair["rejected_candidate"]) == (1, 2)
+    # two candidates, the worse one shorter: chosen is the worse one, so the judge's P(2nd beats 1st) = 0.1
+    # decides, and the margin rule drops the swapped pair instead of training on it
+    fx = _planted_ranking([0.52, 0.48], tokens=[30, 5])
+    pairs, dropped, counts = build_pairs(*fx, PairsConfig(length_tiebreak=0.5))
+    assert pairs == [] and dropped[0]["reason"] == "low_margin" and dropped[0]["length_tiebreak"] is True
+    assert dropped[0]["chosen_candidate"] != dropped[0]["rejected_candidate"]
+    assert counts["length_tiebreak_changed"] == 1 and counts["length_tiebreak_kept"] == 0
+
+
+def test_all_ranked_ignores_the_length_tiebreak():
+    fx = _planted_ranking([0.80, 0.78, 0.20], tokens=[40, 10, 30])
+    pairs, _, _ = build_pairs(*fx, PairsConfig(strategy="all_ranked", length_tiebreak=0.05))
+    assert [(p["chosen_candidate"], p["rejected_candidate"]) for p in pairs] == [(0, 1), (0, 2), (1, 2)]
+    assert not any(p["length_tiebreak"] for p in pairs)
+
+
+def _anchor_fixture(n_prompts=20, k=3, missing=()):
+    prompts, cands, verdicts = [], [], []
+    for n in range(n_prompts):
+        pid = f"p{n}"
+        prompts.append({"id": pid, "prompt": f"question {n}"} | ({} if pid in missing else {"reference": f"reference {n}"}))
+        cands += [{"prompt_id": pid, "candidate": i, "text": f"{pid} answer {i}", "truncated": False, "num_tokens": 5}
+                  for i in range(k)]
+        verdicts += [{"prompt_id": pid, "i": i, "j": j, "p_i": 0.9} for i in range(k) for j in range(i + 1, k)]
+    return prompts, cands, verdicts, rank_all(cands, verdicts)
+
+
+def test_anchor_share_picks_an_exact_deterministic_share():
+    picked = anchor_prompts([f"p{n}" for n in range(20)], 0.25, seed=0, round_n=1)
+    assert len(picked) == 5
+    assert anchor_prompts([f"p{n}" for n in reversed(range(20))], 0.25, seed=0, round_n=1) == picked  # order-free
+    others = [anchor_prompts([f"p{n}" for n in range(20)], 0.25, seed=s, round_n=r) for s, r in ((1, 1), (0, 2))]
+    assert all(o != picked for o in others), "seed and round change the choice"
+    assert len(anchor_prompts([f"p{n}" for n in range(20)], 1.0, 0, 1)) == 20
+    assert anchor_prompts([f"p{n}" for n in range(20)], 0.0, 0, 1) == set()
+
+    fx = _anchor_fixture()
+    pairs, _, counts = build_pairs(*fx, PairsConfig(anchor_share=0.25), seed=0, round_n=1)
+    anchors = [p for p in pairs if p["source"] == "reference"]
+    assert {p["prompt_id"] for p in anchors} == picked
+    assert counts["anchor_pairs"] == 5 and counts["anchor_selected"] == 5 and counts["kept"] == 20 + 5
+    again, _, _ = build_pairs(*fx, PairsConfig(anchor_share=0.25), seed=0, round_n=1)
+    assert again == pairs  # a resumed or redone stage makes the same pairs
+
+
+def test_anchor_pair_is_reference_over_the_worst_eligible_candidate():
+    fx = _anchor_fixture(n_prompts=4, k=4)
+    cands = fx[1]
+    next(c for c in cands if c["prompt_id"] == "p0" and c["candidate"] == 3)["text"] = ""  # the worst is empty
+    pairs, _, counts = build_pairs(*fx, PairsConfig(anchor_share=1.0), seed=0, round_n=1)
+    anchors = {p["prompt_id"]: p for p in pairs if p["source"] == "reference"}
+    assert len(anchors) == 4 and counts["anchor_pairs"] == 4
+    for n, a in enumerate(anchors[f"p{n}"] for n in range(4)):
+        assert a["chosen"] == f"reference {n}" and a["prompt"] == f"question {n}"
+        worst = 2 if n == 0 else 3  # p0's last candidate is set aside as empty: the worst *eligible* one
+        assert a["rejected_candidate"] == worst and a["rejected"] == f"p{n} answer {worst}"
+        assert a["margin"] is None and a["chosen_candidate"] is None
+    judged = [p for p in pairs if p["source"] == "judge"]
+    assert len(judged) == 4 and all(p["margin"] == pytest.approx(0.4) for p in judged)
+
+
+def test_anchor_missing_reference_is_counted_not_paired():
+    fx = _anchor_fixture(n_prompts=6, missing={"p1", "p4"})
+    pairs, dropped, counts = build_pairs(*fx, PairsConfig(anchor_share=1.0), seed=3, round_n=2)
+    assert {p["prompt_id"] for p in pairs if p["source"] == "reference"} == {"p0", "p2", "p3", "p5"}
+    assert counts["anchor_missing_reference"] == 2 and counts["anchor_pairs"] == 4
+    assert sorted(d["prompt_id"] for d in dropped if d["reason"] == "anchor_missing_reference") == ["p1", "p4"]
+    assert counts["dropped"] == len(dropped) == 2 and counts["kept"] == len(pairs) == 6 + 4
+    # a prompt whose every candidate is set aside gets neither pair
+    prompts, cands, verdicts, rankings = _anchor_fixture(n_prompts=1)
+    for c in cands:
+        c["text"] = ""
+    pairs, dropped, counts = build_pairs(prompts, cands, verdicts, rankings, PairsConfig(anchor_share=1.0))
+    assert pairs == [] and counts["anchor_no_candidate"] == 1 and counts["dropped_too_few_candidates"] == 1
+    assert counts["dropped"] == len(dropped) == 2
