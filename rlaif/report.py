@@ -292,10 +292,16 @@ def _round_axis(ax, xs, label: str = "round (0 = base)") -> None:
     ax.set_xlabel(label)
 
 
+def _by_round(evals: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The evaluated models that are rounds of the run (not an outside ``rlaif eval --adapter``)."""
+    return None if evals is None or not len(evals) else evals[evals["round"].notna()]
+
+
 def plot_win_rates(evals: pd.DataFrame) -> "Figure":
     """Win rate vs the base and vs the previous round, per round, with confidence intervals."""
     fig, (ax,) = _figure()
-    rows = evals[evals["round"] > 0] if evals is not None and len(evals) else None
+    evals = _by_round(evals)
+    rows = evals[evals["round"] > 0] if evals is not None else None
     if rows is None or rows.empty:
         _empty(ax, "no evaluated rounds")
         return fig
@@ -313,6 +319,7 @@ def plot_win_rates(evals: pd.DataFrame) -> "Figure":
 def plot_instruction_following(evals: pd.DataFrame) -> "Figure":
     """Instruction-following accuracy per round: every constraint met (prompt) and per constraint."""
     fig, (ax,) = _figure()
+    evals = _by_round(evals)
     if evals is None or evals.empty:
         _empty(ax, "no evaluation")
         return fig
@@ -328,10 +335,11 @@ def plot_instruction_following(evals: pd.DataFrame) -> "Figure":
 def collapse_frame(evals: pd.DataFrame | None, rounds_df: pd.DataFrame | None = None) -> pd.DataFrame:
     """Collapse signals per policy (``round`` 0 = base): from the evaluation when there is one, else from
     the training candidates (round n's candidates come from round n−1's policy; no distinct-n then)."""
+    evals = _by_round(evals)
     if evals is not None and len(evals):
         cols = ["round", "distinct_1", "distinct_2", "self_similarity", "mean_tokens", "std_tokens",
                 "truncated_share", "kl_to_base"]
-        return evals[[c for c in cols if c in evals]].assign(source="eval")
+        return evals.reindex(columns=cols).assign(source="eval")
     if rounds_df is None or rounds_df.empty:
         return pd.DataFrame()
 

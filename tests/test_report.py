@@ -184,6 +184,23 @@ def test_pointwise_verdicts_plot_score_distribution():
     assert fig.axes[0].patches  # the histogram is drawn
 
 
+def test_an_outside_adapter_is_tabled_but_not_plotted(tmp_path):
+    """`rlaif eval RUN --adapter DIR` evaluates a model that is no round of the run (round None)."""
+    write_json(tmp_path / "manifest.json", {"recipe": {}})
+    none = {"win_rate_vs_base": None, "win_rate_vs_base_ci": None, "win_rate_vs_previous": None,
+            "win_rate_vs_previous_ci": None, "if_prompt_accuracy": None, "mean_tokens": 5.0}
+    write_json(tmp_path / "eval/results.json", {"models": [
+        {"name": "base", "round": 0, "adapter": None, **none},
+        {"name": "adapter_89fca6cc", "round": None, "adapter": "/elsewhere", **none,
+         "win_rate_vs_base": 0.6, "win_rate_vs_base_ci": [0.5, 0.7]}]})
+    evals = report.eval_table(tmp_path)
+    assert list(evals["name"]) == ["base", "adapter_89fca6cc"] and evals.loc[1, "win_rate_vs_base_hi"] == 0.7
+    assert report.plot_win_rates(evals).axes[0].texts[0].get_text() == "no evaluated rounds"
+    assert list(report.collapse_frame(evals)["round"]) == [0]
+    md = report.write_report(tmp_path).read_text()
+    assert "| adapter_89fca6cc | – | 0.60 [0.50, 0.70] | – |" in md and "No rounds yet." in md
+
+
 def test_report_module_leaves_matplotlib_unimported():
     code = "import sys, rlaif, rlaif.cli, rlaif.report; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
