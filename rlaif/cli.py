@@ -7,6 +7,7 @@
     rlaif eval RUN|RECIPE [--rounds 1,2] [--adapter DIR] [--set eval.key=value ...]
                                                            held-out evaluation table (base and rounds)
     rlaif reference                                        the recipe reference (Markdown)
+    rlaif report RUN                                       RUN/report/report.md and its charts
 
 A problem with the user's input prints ``error: ...`` and exits with status 2. ``rlaif run`` exits
 with status 3 when a safeguard stopped the run (``RUN/result.json`` says why and names the result).
@@ -43,6 +44,8 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
                     help="override an eval setting (repeatable)")
     sub.add_parser("reference", help="print the recipe reference as Markdown")
+    sub.add_parser("report", help="write RUN/report/report.md and charts of a run folder").add_argument(
+        "run", help="run folder, e.g. runs/quickstart")
     return parser
 
 
@@ -151,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "eval":
             return run_eval(args)
+        if args.command == "report":
+            from rlaif.report import report_files, write_report
+
+            write_report(args.run)
+            for path in report_files(args.run):
+                print(path)
+            return 0
         from rlaif.config import load_recipe
 
         recipe = load_recipe(args.recipe, args.overrides)

@@ -384,3 +384,49 @@ def verdict_metrics(verdicts: list[dict]) -> dict:
         "position_bias_p_first": _mean([v["p_first"] for v in ok]),
         "label_mass": _mean([v["label_mass"] for v in ok]),
     }
+
+
+def judge_pair(model, tokenizer, prompt: str, answer_a: str, answer_b: str, principle: str | None = None,
+               constitution="default", mode: str = "pairwise") -> dict:
+    """Judge one pair of your own, as a round would: both orders (pairwise) or both rubric scores (pointwise).
+
+    ``principle``: your own principle text, or a principle id of the constitution; None samples one
+    as a round does. ``constitution``: ``default``, a YAML path, or a loaded :class:`Constitution`.
+    Returns the principle used and :func:`combine_orders`' keys with i = ``answer_a``: ``p_a_ij``
+    (P(label A) with answer_a shown first), ``p_a_ji`` (with answer_b shown first), ``p_i`` (P(answer_a
+    better), the two orders averaged), ``agree``, ``p_first``, ``failed``; ``order_ab`` / ``order_ba``
+    (P(answer_a better) in each order, whose mean is ``p_i``), ``label_mass`` and ``winner`` ("a", "b"
+    or "tie"). Pointwise adds ``score_a``/``score_b``, their ``probs_*`` over ``score_labels``; ``p_i`` is then
+    :func:`pointwise_p` and the order keys are NaN.
+    """
+    from rlaif.constitution import load_constitution
+
+    c = constitution if isinstance(constitution, Constitution) else load_constitution(constitution)
+    if mode == "pointwise":
+        if principle is not None:
+            raise RlaifError("a principle applies to pairwise judging; pointwise scores against the constitution's rubric")
+        judge = PointwiseJudge(model, tokenizer, c, batch_size=2)
+        sa, sb = judge([(prompt, answer_a), (prompt, answer_b)])
+        values = judge.rubric.values
+        p = pointwise_p(sa["score"], sb["score"], min(values), max(values))
+        out = {"mode": mode, "principle_id": "rubric", "principle": None, "p_a_ij": math.nan, "p_a_ji": math.nan,
+               "p_i": p, "agree": None, "p_first": math.nan, "failed": math.isnan(p), "order_ab": math.nan, "order_ba": math.nan,
+               "label_mass": _mean([sa["label_mass"], sb["label_mass"]]),
+               "score_a": sa["score"], "score_b": sb["score"], "probs_a": sa["probs"], "probs_b": sb["probs"],
+               "score_labels": list(judge.rubric.labels)}
+    elif mode == "pairwise":
+        by_id = {p.id: p.text for p in c.principles}
+        if principle is None:
+            pid, text = pick_principle(c, "sample", 0, prompt, 0, 1)
+        else:
+            pid, text = (principle, by_id[principle]) if principle in by_id else ("custom", principle)
+        judge = ModelJudge(model, tokenizer, c, batch_size=2)
+        logodds = judge([Comparison(prompt, answer_a, answer_b, text), Comparison(prompt, answer_b, answer_a, text)])
+        v = combine_orders(*logodds)
+        out = {"mode": mode, "principle_id": pid, "principle": text, **v, "label_mass": _mean(judge.last_label_mass),
+               "order_ab": v["p_a_ij"], "order_ba": 1.0 - v["p_a_ji"]}
+    else:
+        raise RlaifError(f"mode must be 'pairwise' or 'pointwise', got {mode!r}")
+    p = out["p_i"]
+    out["winner"] = None if math.isnan(p) else "a" if p > 0.5 else "b" if p < 0.5 else "tie"
+    return out
