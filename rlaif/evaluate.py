@@ -236,13 +236,15 @@ class Evaluator:
                 r["set"] = name
                 rows.append(r)
         text_of = {p["id"]: p["prompt"] for p in self.heldout + self.instructions}
-        constraints = {p["id"]: p["constraints"] for p in self.instructions}
-        args = (self.session.tokenizer, [text_of[r["prompt_id"]] for r in rows], [r["text"] for r in rows])
+        heldout = [r for r in rows if r["set"] == "heldout"]  # the KL estimate's samples
+        args = (self.session.tokenizer, [text_of[r["prompt_id"]] for r in heldout], [r["text"] for r in heldout])
         own = response_logprobs(model, *args)
         base = response_logprobs(self.base, *args) if m.adapter else own
-        for r, lp, lb in zip(rows, own, base):
-            r["prompt"] = text_of[r["prompt_id"]]
+        for r, lp, lb in zip(heldout, own, base):
             r["logp_model"], r["logp_base"] = lp, lb
+        constraints = {p["id"]: p["constraints"] for p in self.instructions}
+        for r in rows:
+            r["prompt"] = text_of[r["prompt_id"]]
             if r["set"] == "instructions":
                 from rlaif.checkers import check_all
 

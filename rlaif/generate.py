@@ -78,22 +78,28 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
 
 @torch.no_grad()
 def response_logprobs(model, tokenizer, prompt_texts: list[str], responses: list[str], batch_size: int = 8) -> list[float]:
-    """Summed log-probability of each response (plus its end-of-turn token) after its chat prompt."""
+    """Summed log-probability of each response (plus its end-of-turn token) after its chat prompt.
+
+    Rows are left-padded with explicit position ids, so every response ends in the last column and
+    the vocabulary projection runs only over the last ``longest response + 1`` positions (the logits
+    of a 49k vocabulary dominate the cost otherwise).
+    """
     out = []
+    pad = tokenizer.pad_token_id
     for b in range(0, len(responses), batch_size):
-        ids, masks, starts = [], [], []
+        ids, lens = [], []
         for prompt, response in zip(prompt_texts[b : b + batch_size], responses[b : b + batch_size]):
             p = tokenizer(chat_prefix(tokenizer, prompt), add_special_tokens=False)["input_ids"]
             r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
             ids.append(p + r)
-            starts.append(len(p))
-        width = max(len(x) for x in ids)
-        pad = tokenizer.pad_token_id
-        # right padding keeps positions simple; the mask hides the pad
-        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=model.device)
-        masks = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=model.device)
-        logits = model(input_ids=input_ids, attention_mask=masks).logits[:, :-1].float()
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-        for i, x in enumerate(ids):
-            out.append(logp[i, starts[i] - 1 : len(x) - 1].sum().item())
+            lens.append(len(r))
+        width, keep = max(len(x) for x in ids), max(lens) + 1
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=model.device)
+        masks = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=model.device)
+        positions = (masks.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=input_ids, attention_mask=masks, position_ids=positions, logits_to_keep=keep).logits
+        targets = input_ids[:, width - keep + 1 :]
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+        for i, n in enumerate(lens):
+            out.append(logp[i, keep - 1 - n :].sum().item())
     return out
