@@ -39,9 +39,6 @@ from rlaif.artifacts import RunDir, read_json, read_jsonl, sha256_dir, write_jso
 from rlaif.config import Recipe
 from rlaif.errors import RlaifError
 
-WORD = r"[^\W_]+(?:['’-][^\W_]+)*"
-
-
 def say(msg: str) -> None:
     print(f"[rlaif] {msg}", file=sys.stderr, flush=True)
 
@@ -50,9 +47,10 @@ def say(msg: str) -> None:
 
 
 def words(text: str) -> list[str]:
-    import re
+    """Lower-cased words, split as the instruction checkers count them."""
+    from rlaif import checkers
 
-    return [w.lower() for w in re.findall(WORD, text)]
+    return [w.lower() for w in checkers.words(text)]
 
 
 def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
