@@ -39,6 +39,7 @@ from rlaif.artifacts import RunDir, read_json, read_jsonl, sha256_dir, write_jso
 from rlaif.config import Recipe
 from rlaif.errors import RlaifError
 
+
 def say(msg: str) -> None:
     print(f"[rlaif] {msg}", file=sys.stderr, flush=True)
 
