@@ -187,3 +187,21 @@ def test_rl_run_killed_in_training_resumes_to_the_same_result(tiny_model, tmp_pa
     got = read_jsonl(tmp_path / "out/round_001/completions.jsonl")
     want = read_jsonl(tmp_path / "ref/round_001/completions.jsonl")
     assert json.dumps(got) == json.dumps(want)
+
+
+def test_rl_round_ends_with_its_evaluation_and_sample_rows(tiny_model, tmp_path):
+    from rlaif.artifacts import RunDir
+    from rlaif.tracking import sample_rows
+
+    recipe = tiny_recipe(tiny_model, tmp_path / "out", run={"rounds": 1}, train={"method": "grpo"}, grpo=RL,
+                         eval={"each_round": True, "instructions": "none", "heldout_prompts": 3, "bootstrap": 100})
+    assert main(["run", str(write_recipe(tmp_path / "r.yaml", recipe))]) == 0
+    out = tmp_path / "out"
+    assert read_json(out / "round_001/state.json")["completed"] == ["prompts", "train", "evaluate"]
+    ev = read_json(out / "round_001/eval.json")["model"]
+    assert ev["name"] == "round_001" and 0 <= ev["win_rate_vs_base"] <= 1
+    rows = sample_rows(RunDir(out), 1, 2)
+    completions = [r for r in read_jsonl(out / "round_001/completions.jsonl") if r["call"] == 1]
+    first_two = list(dict.fromkeys(r["prompt_id"] for r in completions))[:2]
+    assert len(rows) == 2 * 3 and {r["prompt_id"] for r in rows} == set(first_two)
+    assert [r["reward"] for r in rows] == [r["reward"] for r in completions if r["prompt_id"] in first_two]
