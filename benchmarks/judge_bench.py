@@ -1,6 +1,6 @@
 """How good, and how cheap, is each judge mode? Accuracy on a labelled judge set, and verdicts per second.
 
-    python benchmarks/judge_bench.py                       # bundled model, every mode, ~15 min on 2 CPU cores
+    python benchmarks/judge_bench.py --threads 1           # bundled model, every mode, ~30 min on 2 shared CPU cores
     python benchmarks/judge_bench.py --limit 28 --modes pairwise,pointwise --out bench.json
 
 ``benchmarks/judge_set.jsonl`` holds pairs written for this project where one answer is unambiguously
@@ -18,8 +18,11 @@ averaged; pointwise and baseline: the higher score); ties count as half.
 The text baseline is the judge most self-rewarding code uses (Yuan et al. 2024's LLM-as-a-judge
 prompt): the same rubric, but the model writes a short justification and ``Score: N``, greedy, and a
 regex reads N. An answer whose score cannot be parsed has no score; a pair with a missing score counts
-as a tie (half right). The expensive modes (bf16, critique, baseline) run on the first
-``--baseline-limit`` pairs; every mode also reports its accuracy on that subset, so they compare on
+as a tie (half right). It runs at each ``--baseline-tokens`` budget (a longer budget parses more often
+and costs more); the cost ratios compare against the most accurate budget. It gets the same batch size
+and HF ``generate``'s key/value cache, but no shared-prefix cache: as in the code it stands for. The
+expensive modes (bf16, baseline) run on the first ``--baseline-limit`` pairs, critique on
+``--critique-limit``; every mode also reports its accuracy on the baseline's subset, so they compare on
 the same pairs.
 """
 
@@ -54,8 +57,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="judge_set", default=str(HERE / "judge_set.jsonl"), help="labelled pairs (JSONL)")
     p.add_argument("--constitution", default="default")
     p.add_argument("--modes", default=",".join(ALL_MODES), help=f"comma-separated, from: {', '.join(ALL_MODES)}")
-    p.add_argument("--limit", type=int, default=42, help="pairs for the cheap modes (0 = all 126)")
-    p.add_argument("--baseline-limit", type=int, default=14, help="pairs for bf16 and the text baseline")
+    p.add_argument("--limit", type=int, default=0, help="pairs for the cheap modes (0 = all 126)")
+    p.add_argument("--baseline-limit", type=int, default=42, help="pairs for bf16 and the text baseline")
     p.add_argument("--critique-limit", type=int, default=7, help="pairs for the critique modes")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--chunk", type=int, default=14, help="pairs per judge call; modes take turns chunk by chunk")
