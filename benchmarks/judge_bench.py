@@ -1,6 +1,6 @@
 """How good, and how cheap, is each judge mode? Accuracy on a labelled judge set, and verdicts per second.
 
-    python benchmarks/judge_bench.py                       # bundled model, every mode, ~15 min on 2 CPU cores
+    python benchmarks/judge_bench.py --threads 1           # bundled model, every mode, ~30 min on 2 shared CPU cores
     python benchmarks/judge_bench.py --limit 28 --modes pairwise,pointwise --out bench.json
 
 ``benchmarks/judge_set.jsonl`` holds pairs written for this project where one answer is unambiguously
@@ -18,8 +18,11 @@ averaged; pointwise and baseline: the higher score); ties count as half.
 The text baseline is the judge most self-rewarding code uses (Yuan et al. 2024's LLM-as-a-judge
 prompt): the same rubric, but the model writes a short justification and ``Score: N``, greedy, and a
 regex reads N. An answer whose score cannot be parsed has no score; a pair with a missing score counts
-as a tie (half right). The expensive modes (bf16, critique, baseline) run on the first
-``--baseline-limit`` pairs; every mode also reports its accuracy on that subset, so they compare on
+as a tie (half right). It runs at each ``--baseline-tokens`` budget (a longer budget parses more often
+and costs more); the cost ratios compare against the most accurate budget. It gets the same batch size
+and HF ``generate``'s key/value cache, but no shared-prefix cache: as in the code it stands for. The
+expensive modes (bf16, baseline) run on the first ``--baseline-limit`` pairs, critique on
+``--critique-limit``; every mode also reports its accuracy on the baseline's subset, so they compare on
 the same pairs.
 """
 
@@ -54,12 +57,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="judge_set", default=str(HERE / "judge_set.jsonl"), help="labelled pairs (JSONL)")
     p.add_argument("--constitution", default="default")
     p.add_argument("--modes", default=",".join(ALL_MODES), help=f"comma-separated, from: {', '.join(ALL_MODES)}")
-    p.add_argument("--limit", type=int, default=42, help="pairs for the cheap modes (0 = all 126)")
-    p.add_argument("--baseline-limit", type=int, default=14, help="pairs for bf16 and the text baseline")
+    p.add_argument("--limit", type=int, default=0, help="pairs for the cheap modes (0 = all 126)")
+    p.add_argument("--baseline-limit", type=int, default=42, help="pairs for bf16 and the text baseline")
     p.add_argument("--critique-limit", type=int, default=7, help="pairs for the critique modes")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--chunk", type=int, default=14, help="pairs per judge call; modes take turns chunk by chunk")
-    p.add_argument("--baseline-tokens", type=int, default=64, help="max new tokens of the text baseline")
+    p.add_argument("--baseline-tokens", default="64,128",
+                   help="max new tokens of the text baseline; several (comma-separated) run one baseline each")
     p.add_argument("--critique-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--seed", type=int, default=0, help="principle sampling seed (pairwise)")
@@ -106,10 +110,14 @@ def pointwise_run(judge: PointwiseJudge, pairs: list[dict]) -> list[dict]:
 
 
 def baseline_prompt(tokenizer, const, prompt: str, answer: str) -> str:
-    """The rubric prompt with the self-rewarding ending: justify briefly, then 'Score: <points>'."""
-    user = const.pointwise.template.format(prompt=prompt, answer=answer).rstrip()
-    user = user.rsplit("\n", 1)[0] + (
-        "\nBriefly justify your total score in one or two sentences, then conclude with the score "
+    """The rubric prompt with the self-rewarding ending: justify briefly, then 'Score: <points>'.
+
+    The rubric's own "Reply with ... score only" line is dropped wherever the template puts it, and
+    the baseline's instruction comes last, after the answer, as in Yuan et al. 2024's judge prompt.
+    """
+    template = "\n".join(line for line in const.pointwise.template.split("\n") if not line.startswith("Reply with"))
+    user = template.format(prompt=prompt, answer=answer).rstrip() + (
+        "\n\nBriefly justify your total score in one or two sentences, then conclude with the score "
         "using the format: Score: <total points>"
     )
     messages = ([{"role": "system", "content": const.system}] if const.system else []) + [{"role": "user", "content": user}]
@@ -175,8 +183,8 @@ def run_mode(mode: str, ctx: dict, pairs: list[dict], args) -> list[dict]:
     model = ctx["bf16"] if mode.endswith("bf16") else ctx["fp32"]
     kw = {"prefix_cache": not mode.endswith("nocache"), "critique": mode.endswith("critique"),
           "critique_tokens": args.critique_tokens}
-    if mode == "text-baseline":
-        return baseline_run(model, tok, const, pairs, args.batch_size, args.baseline_tokens)
+    if mode.startswith("text-baseline"):
+        return baseline_run(model, tok, const, pairs, args.batch_size, int(mode.rsplit("-", 1)[1]))
     if mode.startswith("pairwise"):
         return pairwise_run(ModelJudge(model, tok, const, args.batch_size, **kw), pairs, const, args.seed)
     return pointwise_run(PointwiseJudge(model, tok, const, args.batch_size, **kw), pairs)
@@ -198,20 +206,33 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def best_baseline(results: list[dict]) -> dict | None:
+    """The text baseline to compare against: the most accurate budget, the cheapest among equals."""
+    bases = [r for r in results if r["mode"].startswith("text-baseline")]
+    return min(bases, key=lambda r: (-r["accuracy_subset"], r["cpu_s_per_verdict"])) if bases else None
+
+
 def ratios(results: list[dict], default_mode: str) -> list[str]:
     """Cost ratios in CPU-seconds per verdict (robust to other processes on a shared machine)."""
     by = {r["mode"]: r for r in results}
     out = []
-    base = by.get("text-baseline")
+    best = best_baseline(results)
+    for base in [r for r in results if r["mode"].startswith("text-baseline")]:
+        out.append(
+            f"`{base['mode']}` ({base['mode'].rsplit('-', 1)[1]} new tokens): accuracy {base['accuracy_subset']:.2f} on "
+            f"{base['pairs']} pairs, {base['parse_failure_rate']:.0%} of answers unparsable (scored as ties; "
+            f"{base['accuracy_strict']:.2f} if they count as wrong), {base['cpu_s_per_verdict']:.2f} CPU-s per verdict"
+            + (" (the most accurate budget: the ratios below use it)" if base is best else "")
+        )
     for m in ("pairwise", "pointwise"):
-        if base and m in by:
+        if best and m in by:
             d = by[m]
             out.append(
-                f"{'default' if m == default_mode else 'other'} mode `{m}` vs text baseline: "
-                f"{base['cpu_s_per_verdict'] / d['cpu_s_per_verdict']:.1f}x cheaper per verdict (CPU-s; wall-clock "
-                f"{base['s_per_verdict'] / d['s_per_verdict']:.1f}x); accuracy {d['accuracy_subset']:.2f} vs "
-                f"{base['accuracy_subset']:.2f} on the same {base['pairs']} pairs (baseline: {base['parse_failure_rate']:.0%} "
-                f"of answers unparsable, scored as ties; {base['accuracy_strict']:.2f} if they count as wrong)"
+                f"{'default' if m == default_mode else 'other'} mode `{m}` vs `{best['mode']}`: "
+                f"{best['cpu_s_per_verdict'] / d['cpu_s_per_verdict']:.1f}x cheaper per verdict (CPU-s; wall-clock "
+                f"{best['s_per_verdict'] / d['s_per_verdict']:.1f}x); accuracy {d['accuracy_subset']:.2f} vs "
+                f"{best['accuracy_subset']:.2f} on the same {best['pairs']} pairs"
+                + (f" ({d['accuracy']:.2f} on all {d['pairs']})" if d["pairs"] > best["pairs"] else "")
             )
     for m in ("pairwise", "pointwise"):
         if m in by and f"{m}-nocache" in by:
@@ -235,6 +256,8 @@ def main(argv=None) -> int:
     if bad:
         print(f"error: unknown mode(s) {bad}; choose from {', '.join(ALL_MODES)}", file=sys.stderr)
         return 2
+    budgets = [int(x) for x in str(args.baseline_tokens).split(",") if x.strip()]
+    modes = [x for m in modes for x in ([f"{m}-{n}" for n in budgets] if m == "text-baseline" else [m])]
     pairs = load_pairs(args.judge_set)
     n_all = len(pairs) if args.limit <= 0 else min(args.limit, len(pairs))
     n_sub = min(args.baseline_limit, n_all)
@@ -248,6 +271,9 @@ def main(argv=None) -> int:
     for name in ("fp32", "bf16"):  # warm-up, untimed: the first forward pass pays one-off set-up costs
         if name in ctx:
             pairwise_run(ModelJudge(ctx[name], tok, ctx["const"], args.batch_size), pairs[:2], ctx["const"], args.seed)
+            pointwise_run(PointwiseJudge(ctx[name], tok, ctx["const"], args.batch_size), pairs[:2])
+    if any(m.startswith("text-baseline") for m in modes):
+        baseline_run(ctx["fp32"], tok, ctx["const"], pairs[:1], args.batch_size, 4)
     limit = {m: min(n_sub if any(x in m for x in EXPENSIVE) else n_all, args.critique_limit if "critique" in m else n_all)
              for m in modes}
     rows_of: dict[str, list[dict]] = {m: [] for m in modes}

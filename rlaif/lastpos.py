@@ -6,15 +6,23 @@ every view is most of a judge's cost on a CPU, where prefill is compute-bound. W
 
 1. the prefix common to *every* sequence of the call (system + constitution head) runs once;
 2. per group (the caller's key, e.g. one prompt under one principle) the tokens the group shares
-   beyond that run once per group, batched over groups, on top of level 1's cache;
-3. each sequence's own suffix runs batched on top of its group's cache.
+   beyond that, and
+3. each sequence's own suffix
+
+run together in one *packed* row per ``batch_size`` sequences, on top of level 1's cache: each
+group's segment, then its members' suffixes, one after another. A custom attention mask lets each
+token see level 1, its own group's segment and its own suffix (causally) and nothing else, and
+every token gets its true position id, so a sequence's last token sees exactly what it would see
+without the cache (tested to tolerance in tests/test_judge_modes.py). Packing feeds no padding
+(suffix lengths vary a lot: an answer can be 5 tokens or 60) and shares level 1's cache across the
+row instead of copying it per sequence; the price is attention over the whole row, which the mask
+then discards, small next to the matrix products at these lengths. Logits are computed only at the
+sequences' last positions.
 
 Shared prefixes are longest common prefixes of the *token ids* of the full texts, so the
-concatenation of the three segments is exactly the tokenisation of the full text. Segments are
-padded (group segments on the right, suffixes on the left, so every row ends in the last column);
-pads are masked out and every real token gets its true position id, so a row's tokens see exactly
-what they would see without the cache (tested to tolerance in tests/test_judge_modes.py). Logits
-are computed only at the last position.
+concatenation of the three segments is exactly the tokenisation of the full text. Attention
+kernels that take no custom mask (flash attention) fall back to the plain path, which gives the same
+verdicts at full cost.
 """
 
 import torch
@@ -35,20 +43,6 @@ def lcp_len(seqs: list[list[int]]) -> int:
 
 def _kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _cache(kv, rows: torch.Tensor, config) -> DynamicCache:
-    return DynamicCache(ddp_cache_data=[(k[rows], v[rows]) for k, v in kv], config=config)
-
-
-def _pad_right(segs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(1, max(len(s) for s in segs))
-    ids = torch.full((len(segs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(segs), width), dtype=torch.long)
-    for r, s in enumerate(segs):
-        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[r, : len(s)] = 1
-    return ids, mask
 
 
 @torch.no_grad()
@@ -72,7 +66,8 @@ def last_logits_cached(model, seqs: list[list[int]], groups: list, batch_size: i
     """Same contract as :func:`last_logits_plain`, computing shared prefixes once (see module doc)."""
     dev, config = model.device, model.config
     p0 = min(lcp_len(seqs), min(len(s) for s in seqs) - 1)
-    if p0 < 1:  # nothing shared: the plain path is the same computation
+    if p0 < 1 or config._attn_implementation not in ("sdpa", "eager"):
+        # nothing shared, or an attention kernel that takes no custom mask: the plain path is the same computation
         yield from last_logits_plain(model, seqs, batch_size, pad_id)
         return
     out0 = model(input_ids=torch.tensor([seqs[0][:p0]], device=dev), use_cache=True, logits_to_keep=1)
@@ -80,60 +75,86 @@ def last_logits_cached(model, seqs: list[list[int]], groups: list, batch_size: i
     members: dict = {}
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
-    plan = []  # (member indices, group segment length beyond p0)
+    chunk: list = []  # (member indices, group segment length beyond p0); at most batch_size sequences a pass
     for idx in members.values():
+        if chunk and sum(len(m) for m, _ in chunk) + len(idx) > batch_size:
+            yield _run_packed(model, seqs, chunk, p0, kv0, dev, config)
+            chunk = []
         rest = [seqs[i][p0:] for i in idx]
-        plan.append((idx, min(lcp_len(rest), min(len(r) for r in rest) - 1) if len(idx) > 1 else 0))
-    plan.sort(key=lambda item: max(len(seqs[i]) - p0 - item[1] for i in item[0]))  # similar suffix lengths share a batch
-    chunk: list = []
-    for item in plan + [None]:
-        if item is not None and (not chunk or sum(len(m) for m, _ in chunk) + len(item[0]) <= batch_size):
-            chunk.append(item)
-            continue
-        if chunk:
-            yield from _run_chunk(model, seqs, chunk, p0, kv0, pad_id, dev, config)
-        chunk = [item] if item is not None else []
+        chunk.append((idx, min(lcp_len(rest), min(len(r) for r in rest) - 1) if len(idx) > 1 else 0))
+    if chunk:
+        yield _run_packed(model, seqs, chunk, p0, kv0, dev, config)
 
 
-def _run_chunk(model, seqs, chunk, p0, kv0, pad_id, dev, config):
-    n_groups = len(chunk)
-    segs = [seqs[idx[0]][p0 : p0 + g] for idx, g in chunk]
-    zeros = torch.zeros(n_groups, dtype=torch.long, device=dev)
-    if max(len(s) for s in segs) > 0:
-        ids1, m1 = _pad_right(segs, pad_id)
-        mask1 = torch.cat([torch.ones(n_groups, p0, dtype=torch.long), m1], dim=1)
-        pos1 = p0 + torch.arange(ids1.shape[1]).expand(n_groups, -1)
-        out1 = model(
-            input_ids=ids1.to(dev), attention_mask=mask1.to(dev), position_ids=pos1.to(dev),
-            past_key_values=_cache(kv0, zeros, config), use_cache=True, logits_to_keep=1,
-        )
-        kv1 = _kv(out1.past_key_values)
-    else:
-        mask1, kv1 = torch.ones(n_groups, p0, dtype=torch.long), [(k[zeros], v[zeros]) for k, v in kv0]
-    rows, row_group, sufs = [], [], []
-    for gi, (idx, g) in enumerate(chunk):
-        for i in idx:
-            rows.append(i)
-            row_group.append(gi)
-            sufs.append(seqs[i][p0 + g :])
-    rg = torch.tensor(row_group, dtype=torch.long)
-    # suffixes are left-padded *after* the shared prefix: every row ends in the last column, so the
-    # lm head runs on one position; the pads are masked and real tokens keep their true positions
-    width = max(len(s) for s in sufs)
-    ids2 = torch.full((len(sufs), width), pad_id, dtype=torch.long)
-    m2 = torch.zeros((len(sufs), width), dtype=torch.long)
-    pos2 = torch.zeros((len(sufs), width), dtype=torch.long)
-    for r, s in enumerate(sufs):
-        ids2[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-        m2[r, width - len(s) :] = 1
-        start = p0 + chunk[row_group[r]][1]
-        pos2[r, width - len(s) :] = torch.arange(start, start + len(s))
-    mask2 = torch.cat([mask1[rg], m2], dim=1)
-    out2 = model(
-        input_ids=ids2.to(dev), attention_mask=mask2.to(dev), position_ids=pos2.to(dev),
-        past_key_values=_cache(kv1, rg.to(dev), config), logits_to_keep=1,
+ROW_TOKENS = 512  # packed row length to aim for: attention cost grows with it, per-pass overhead shrinks
+
+
+def _pack_rows(seqs, chunk, p0) -> list[list[tuple[list[int], int]]]:
+    """Groups into rows of about ROW_TOKENS tokens, balanced so that little padding is needed
+    (longest group first, each into the shortest row so far; a group is never split)."""
+    sizes = [g + sum(len(seqs[i]) - p0 - g for i in idx) for idx, g in chunk]
+    n_rows = min(len(chunk), max(1, -(-sum(sizes) // ROW_TOKENS)))
+    rows: list[list] = [[] for _ in range(n_rows)]
+    fill = [0] * n_rows
+    for k in sorted(range(len(chunk)), key=lambda k: -sizes[k]):
+        r = fill.index(min(fill))
+        rows[r].append(chunk[k])
+        fill[r] += sizes[k]
+    return rows
+
+
+def _run_packed(model, seqs, chunk, p0, kv0, dev, config):
+    """Rows of groups, each group's segment then its members' suffixes, on top of the level-1 cache.
+
+    A custom attention mask lets each token see the level-1 prefix, its group's segment and its own
+    suffix (causally), nothing else; position ids restart after the group segment for each suffix.
+    Rows are right-padded to the longest (pads see only themselves and are never read).
+    """
+    packed = _pack_rows(seqs, chunk, p0)
+    rows_ids, rows_pos, rows_block, rows_path, order = [], [], [], [], []
+    for row in packed:
+        ids, pos, block, path = [], [], [], []
+        for b, (idx, g) in enumerate(row):
+            ids += seqs[idx[0]][p0 : p0 + g]
+            pos += range(p0, p0 + g)
+            block += [b] * g
+            path += [-1] * g
+            for i in idx:
+                suf = seqs[i][p0 + g :]
+                ids += suf
+                pos += range(p0 + g, p0 + g + len(suf))
+                block += [b] * len(suf)
+                path += [i] * len(suf)
+                order.append((len(rows_ids), len(ids) - 1, i))
+        rows_ids.append(ids), rows_pos.append(pos), rows_block.append(block), rows_path.append(path)
+    n_rows, width = len(packed), max(len(r) for r in rows_ids)
+    ids_t = torch.zeros(n_rows, width, dtype=torch.long)
+    pos_t = torch.zeros(n_rows, width, dtype=torch.long)
+    block_t = torch.full((n_rows, width), -1, dtype=torch.long)  # pads: a block of their own
+    path_t = torch.full((n_rows, width), -2, dtype=torch.long)
+    for r in range(n_rows):
+        m = len(rows_ids[r])
+        ids_t[r, :m], pos_t[r, :m] = torch.tensor(rows_ids[r]), torch.tensor(rows_pos[r])
+        block_t[r, :m], path_t[r, :m] = torch.tensor(rows_block[r]), torch.tensor(rows_path[r])
+        if m < width:  # pads continue the positions; they attend to themselves only
+            pos_t[r, m:] = torch.arange(p0, p0 + width - m)
+            path_t[r, m:] = -3 - torch.arange(width - m)
+    same_block = block_t[:, :, None] == block_t[:, None, :]
+    see = same_block & ((path_t[:, None, :] == -1) | (path_t[:, None, :] == path_t[:, :, None]))
+    see &= torch.ones(width, width, dtype=torch.bool).tril()
+    see = torch.cat([torch.ones(n_rows, width, p0, dtype=torch.bool), see], dim=2)[:, None]
+    if config._attn_implementation == "eager":  # eager attention adds the mask to the scores
+        see = torch.zeros(see.shape, dtype=model.dtype).masked_fill(~see, torch.finfo(model.dtype).min)
+    keep = torch.zeros(n_rows, width, dtype=torch.bool)
+    for r, col, _ in order:
+        keep[r, col] = True
+    kv = [(k.expand(n_rows, -1, -1, -1), v.expand(n_rows, -1, -1, -1)) for k, v in kv0]
+    out = model(
+        input_ids=ids_t.to(dev), attention_mask=see.to(dev), position_ids=pos_t.to(dev),
+        past_key_values=DynamicCache(ddp_cache_data=kv, config=config), logits_to_keep=keep.to(dev),
     )
-    yield rows, out2.logits[:, -1].float()
+    # logits come out row by row, columns in order: the order ``order`` was built in
+    return [i for _, _, i in order], out.logits.reshape(-1, out.logits.shape[-1]).float()
 
 
 def last_logprobs(model, seqs: list[list[int]], token_ids: list[int], batch_size: int, pad_id: int,

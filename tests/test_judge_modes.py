@@ -89,6 +89,41 @@ def test_cached_logprobs_match_single_unpadded_forward_passes(tiny):
         assert got[r].tolist() == pytest.approx(ref.tolist(), abs=1e-4)
 
 
+def test_prefix_cache_packs_rows_and_pads_them_without_changing_verdicts(tiny, monkeypatch):
+    """Tiny row budget: every group gets its own packed row, rows are right-padded to the longest."""
+    import rlaif.lastpos as lastpos
+
+    model, tok = tiny
+    plain = ModelJudge(model, tok, CONST, 16, prefix_cache=False)(COMPS)
+    widths = []
+    hook = model.register_forward_pre_hook(lambda m, args, kw: widths.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    monkeypatch.setattr(lastpos, "ROW_TOKENS", 1)
+    try:
+        cached = ModelJudge(model, tok, CONST, 16, prefix_cache=True)(COMPS)
+    finally:
+        hook.remove()
+    assert widths[-1][0] == len({(c.prompt, c.principle) for c in COMPS})  # one row per group, in one pass
+    assert cached == pytest.approx(plain, abs=1e-4)
+
+
+def test_prefix_cache_with_eager_attention(tiny_model):
+    """Eager attention adds the mask to the scores: the packed mask must be converted, not passed as bools."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="eager").eval()
+    tok = load_tokenizer(tiny_model)
+    plain = ModelJudge(model, tok, CONST, 4, prefix_cache=False)(COMPS)
+    cached = ModelJudge(model, tok, CONST, 4, prefix_cache=True)(COMPS)
+    assert cached == pytest.approx(plain, abs=1e-4)
+
+
+def test_default_rubric_puts_everything_but_the_request_in_the_shared_prefix():
+    """The pointwise view's own tokens are the request and the answer: the instruction comes first."""
+    user = CONST.render_pointwise("REQUEST", "ANSWER")[-1]["content"]
+    assert user.endswith("ANSWER")
+    assert user.index("Reply with the total score only") < user.index("REQUEST")
+
+
 def test_prefix_cache_feeds_fewer_tokens(tiny):
     """The cache must actually skip the shared prefix, not silently fall back to full passes."""
     model, tok = tiny
