@@ -32,16 +32,12 @@ import json
 import math
 import random
 import statistics
-import sys
 from pathlib import Path
 
 from rlaif.artifacts import RunDir, read_json, read_jsonl, sha256_dir, write_json, write_jsonl
 from rlaif.config import Recipe
 from rlaif.errors import RlaifError
-
-
-def say(msg: str) -> None:
-    print(f"[rlaif] {msg}", file=sys.stderr, flush=True)
+from rlaif.loop import say
 
 
 # ---------------------------------------------------------------- metrics (pure functions)
