@@ -39,7 +39,6 @@ from rlaif.config import Recipe
 from rlaif.errors import RlaifError
 from rlaif.loop import say
 
-
 # ---------------------------------------------------------------- metrics (pure functions)
 
 

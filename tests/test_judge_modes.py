@@ -91,7 +91,7 @@ def test_cached_logprobs_match_single_unpadded_forward_passes(tiny):
 
 def test_prefix_cache_packs_rows_and_pads_them_without_changing_verdicts(tiny, monkeypatch):
     """Tiny row budget: every group gets its own packed row, rows are right-padded to the longest."""
-    import rlaif.lastpos as lastpos
+    from rlaif import lastpos
 
     model, tok = tiny
     plain = ModelJudge(model, tok, CONST, 16, prefix_cache=False)(COMPS)
