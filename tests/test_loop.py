@@ -91,12 +91,15 @@ def test_rerun_is_a_no_op_and_more_rounds_continue(finished_run):
     before = tree_digest(out)
     assert main(["run", str(recipe)]) == 0
     assert tree_digest(out) == before
+    assert read_json(out / "result.json")["best_round"] == 2
     assert main(["run", str(recipe), "--set", "run.rounds=3"]) == 0
     after = tree_digest(out)
-    assert {k: v for k, v in after.items() if k in before and k != "manifest.json"} == {
-        k: v for k, v in before.items() if k != "manifest.json"
+    run_level = ("manifest.json", "result.json")  # they describe the whole run: round 3 is added
+    assert {k: v for k, v in after.items() if k in before and k not in run_level} == {
+        k: v for k, v in before.items() if k not in run_level
     }
     assert read_json(out / "manifest.json")["rounds"]["3"]["policy_adapter"] == "round_002/adapter"
+    assert read_json(out / "result.json")["best_round"] == 3
 
 
 def test_changed_recipe_on_existing_run_is_refused(finished_run, capsys):
