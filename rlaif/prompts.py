@@ -107,6 +107,15 @@ def _is_heldout(text: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+def _text_at(row: Any, dotted: str) -> str | None:
+    """The stripped text at ``dotted`` in the row, or None when it is missing, empty or not text."""
+    try:
+        value = get_path(row, dotted)
+    except KeyError:
+        return None
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
 def load_pool(cfg: PromptsConfig) -> PromptPool:
     """All usable prompts of the source, split into train and held-out, with counts of what was skipped."""
     if cfg.source == "bundled":
@@ -135,21 +144,13 @@ def load_pool(cfg: PromptsConfig) -> PromptPool:
     seen: set[str] = set()
     train, heldout = [], []
     for row in rows:
-        try:
-            prompt = get_path(row, column)
-        except KeyError:
-            prompt = None
-        if not isinstance(prompt, str) or not prompt.strip():
+        prompt = _text_at(row, column)
+        if prompt is None:
             counts["empty"] += 1
             continue
-        prompt = prompt.strip()
-        if input_column:
-            try:
-                extra = get_path(row, input_column)
-            except KeyError:
-                extra = None
-            if isinstance(extra, str) and extra.strip():
-                prompt = f"{prompt}\n\n{extra.strip()}"
+        extra = _text_at(row, input_column) if input_column else None
+        if extra is not None:
+            prompt = f"{prompt}\n\n{extra}"
         key = normalise(prompt)
         if key in seen:
             counts["duplicates"] += 1
@@ -160,12 +161,9 @@ def load_pool(cfg: PromptsConfig) -> PromptPool:
         else:
             item, is_heldout = {"id": _prompt_id(prompt), "prompt": prompt}, _is_heldout(prompt, cfg.heldout_fraction)
         if reference_column:
-            try:
-                reference = get_path(row, reference_column)
-            except KeyError:
-                reference = None
-            if isinstance(reference, str) and reference.strip():
-                item["reference"] = reference.strip()
+            reference = _text_at(row, reference_column)
+            if reference is not None:
+                item["reference"] = reference
             else:
                 counts["no_reference"] += 1
         (heldout if is_heldout else train).append(item)
