@@ -37,7 +37,7 @@ from pathlib import Path
 from rlaif.artifacts import RunDir, read_json, read_jsonl, sha256_dir, write_json, write_jsonl
 from rlaif.config import Recipe
 from rlaif.errors import RlaifError
-from rlaif.loop import say
+from rlaif.loop import Session, _judge_model, policy_adapter, say
 
 # ---------------------------------------------------------------- metrics (pure functions)
 
@@ -132,8 +132,6 @@ class Evaluator:
     """Answers, judges and scores models on the held-out prompts of one run folder, caching everything."""
 
     def __init__(self, recipe: Recipe, run: RunDir):
-        from rlaif.loop import Session
-
         self.recipe, self.run, self.cfg = recipe, run, recipe.eval
         self.session = Session(recipe)
         self.root = run.root / "eval"
@@ -185,8 +183,6 @@ class Evaluator:
         """The model a round is compared with as "the previous round": the newest earlier adapter, else the base."""
         if m.round in (None, 0):
             return None
-        from rlaif.loop import policy_adapter
-
         prev = policy_adapter(self.run, m.round)
         if prev is None:
             return Model("base", 0, None)
@@ -257,7 +253,6 @@ class Evaluator:
     @property
     def judge(self):
         from rlaif.judge import build_judge
-        from rlaif.loop import _judge_model
 
         if self._judge is None:
             cfg = dataclasses.replace(self.recipe.judge, mode=self.cfg.judge_mode, model=self.cfg.judge_model,
