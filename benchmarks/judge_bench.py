@@ -10,6 +10,13 @@ taken round-robin over categories, so any ``--limit`` is balanced.
 Cost is reported in CPU-seconds per verdict (this process's CPU time, all threads), which another
 process on a shared machine disturbs far less than wall-clock time; verdicts/s is wall-clock.
 
+Modes: ``pairwise`` and ``pointwise`` are the judge as the loop runs it: one judge object per mode,
+called once per chunk of pairs, with the shared prefix computed once per call and the head (system +
+constitution) kept between calls while the weights do not change (a GRPO/RLOO reward calls its judge
+once per group, evaluation once per batch of head-to-heads). ``-percall`` builds a new judge for each
+call, so the head is recomputed every call; ``-nocache`` computes every view in full; ``-bf16`` runs in
+bfloat16; ``-critique`` writes a short critique first.
+
 A *verdict* is one pair judged: pairwise = both orders (two forward passes), pointwise = both answers
 scored (two forward passes), text baseline = both answers scored by generating text (two generations).
 Accuracy is the share of pairs where the judge prefers the better answer (pairwise: both orders
@@ -44,7 +51,7 @@ from rlaif.reliability import length_preference, pearson
 
 HERE = Path(__file__).resolve().parent
 ALL_MODES = (
-    "pairwise", "pairwise-nocache", "pointwise", "pointwise-nocache",
+    "pairwise", "pairwise-percall", "pairwise-nocache", "pointwise", "pointwise-percall", "pointwise-nocache",
     "pairwise-bf16", "pointwise-bf16", "pairwise-critique", "pointwise-critique", "text-baseline",
 )
 EXPENSIVE = ("bf16", "baseline")
@@ -179,15 +186,23 @@ def summarize(mode: str, rows: list[dict], pairs: list[dict], seconds: float, n_
 
 
 def run_mode(mode: str, ctx: dict, pairs: list[dict], args) -> list[dict]:
+    """One judge call on ``pairs``. A mode keeps one judge object across its calls, as a round's judge
+    does, so its prefix store carries the shared head from call to call; ``-percall`` modes build a
+    new judge each call, so the head is recomputed every time."""
     const, tok = ctx["const"], ctx["tok"]
     model = ctx["bf16"] if mode.endswith("bf16") else ctx["fp32"]
-    kw = {"prefix_cache": not mode.endswith("nocache"), "critique": mode.endswith("critique"),
-          "critique_tokens": args.critique_tokens}
     if mode.startswith("text-baseline"):
         return baseline_run(model, tok, const, pairs, args.batch_size, int(mode.rsplit("-", 1)[1]))
+    judge = ctx["judges"].get(mode)
+    if judge is None:
+        cls = ModelJudge if mode.startswith("pairwise") else PointwiseJudge
+        judge = cls(model, tok, const, args.batch_size, prefix_cache=not mode.endswith("nocache"),
+                    critique=mode.endswith("critique"), critique_tokens=args.critique_tokens)
+        if not mode.endswith("percall"):
+            ctx["judges"][mode] = judge
     if mode.startswith("pairwise"):
-        return pairwise_run(ModelJudge(model, tok, const, args.batch_size, **kw), pairs, const, args.seed)
-    return pointwise_run(PointwiseJudge(model, tok, const, args.batch_size, **kw), pairs)
+        return pairwise_run(judge, pairs, const, args.seed)
+    return pointwise_run(judge, pairs)
 
 
 def fmt(x, spec=".2f") -> str:
@@ -235,6 +250,12 @@ def ratios(results: list[dict], default_mode: str) -> list[str]:
                 + (f" ({d['accuracy']:.2f} on all {d['pairs']})" if d["pairs"] > best["pairs"] else "")
             )
     for m in ("pairwise", "pointwise"):
+        if m in by and f"{m}-percall" in by:
+            a, b = by[m], by[f"{m}-percall"]
+            out.append(f"prefix store across calls, {m}: {b['cpu_s_per_verdict'] / a['cpu_s_per_verdict']:.2f}x less CPU "
+                       f"per verdict than recomputing the head every call ({b['cpu_s_per_verdict']:.2f} -> "
+                       f"{a['cpu_s_per_verdict']:.2f} CPU-s; wall-clock {b['s_per_verdict'] / a['s_per_verdict']:.2f}x), "
+                       f"same accuracy {a['accuracy']:.2f}")
         if m in by and f"{m}-nocache" in by:
             a, b = by[m], by[f"{m}-nocache"]
             out.append(f"prefix cache, {m}: {b['cpu_s_per_verdict'] / a['cpu_s_per_verdict']:.2f}x less CPU per verdict "
@@ -263,7 +284,7 @@ def main(argv=None) -> int:
     n_sub = min(args.baseline_limit, n_all)
     path = resolve_model(args.model)
     tok = load_tokenizer(path)
-    ctx = {"const": load_constitution(args.constitution), "tok": tok, "fp32": load_model(path, "float32")}
+    ctx = {"const": load_constitution(args.constitution), "tok": tok, "fp32": load_model(path, "float32"), "judges": {}}
     if any(m.endswith("bf16") for m in modes):
         ctx["bf16"] = load_model(path, "bfloat16")
     ntok = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
@@ -279,7 +300,7 @@ def main(argv=None) -> int:
     rows_of: dict[str, list[dict]] = {m: [] for m in modes}
     secs, cpu = dict.fromkeys(modes, 0.0), dict.fromkeys(modes, 0.0)
     # modes take turns chunk by chunk, so that load from other processes on a shared machine falls
-    # on every mode alike; each chunk is one judge call (the shared prefix is recomputed per call)
+    # on every mode alike; each chunk is one judge call (see run_mode for what carries over)
     for lo in range(0, n_all, args.chunk):
         for mode in modes:
             hi = min(lo + args.chunk, limit[mode])

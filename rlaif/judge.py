@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from rlaif.constitution import Constitution
 from rlaif.errors import RlaifError
 from rlaif.generate import derive_seed
-from rlaif.lastpos import last_logprobs
+from rlaif.lastpos import PrefixStore, last_logprobs
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,8 @@ class ModelJudge:
     """A causal LM as a pairwise judge: log-odds of the constitution's two labels, next token.
 
     ``prefix_cache`` computes the tokens that comparisons share (system + constitution, then the
-    request under one principle) once (:mod:`rlaif.lastpos`); ``critique`` first has the model write
+    request under one principle) once (:mod:`rlaif.lastpos`), and keeps the system + constitution
+    head between calls while the weights do not change; ``critique`` first has the model write
     a short critique (greedy, ``critique_tokens``) and reads the label after it.
     """
 
@@ -96,6 +97,7 @@ class ModelJudge:
                  prefix_cache: bool = True, critique: bool = False, critique_tokens: int = 48):
         self.model, self.tokenizer, self.constitution, self.batch_size = model, tokenizer, constitution, batch_size
         self.prefix_cache, self.critique, self.critique_tokens = prefix_cache, critique, critique_tokens
+        self.prefix_store = PrefixStore() if prefix_cache else None
         self.label_ids = label_token_ids(tokenizer, constitution)
         if critique:
             self.verdict_prefix, self.label_ids = critique_label_ids(
@@ -134,6 +136,7 @@ class PointwiseJudge:
                  prefix_cache: bool = True, critique: bool = False, critique_tokens: int = 48):
         self.model, self.tokenizer, self.constitution, self.batch_size = model, tokenizer, constitution, batch_size
         self.prefix_cache, self.critique, self.critique_tokens = prefix_cache, critique, critique_tokens
+        self.prefix_store = PrefixStore() if prefix_cache else None
         self.rubric = constitution.require("pointwise")
         prefix = constitution.require("critique").pointwise_prefix if critique else self.rubric.answer_prefix
         self.score_prefix, self.label_ids = critique_label_ids(
@@ -167,7 +170,8 @@ def read_labels(judge, texts: list[str], groups: list, label_ids: list[int]) -> 
     seqs = [judge.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     bar = tqdm(total=len(seqs), desc="judge", unit="view", leave=False)
     logp = last_logprobs(judge.model, seqs, label_ids, judge.batch_size, judge.tokenizer.pad_token_id,
-                         groups=groups, prefix_cache=judge.prefix_cache, progress=bar.update)
+                         groups=groups, prefix_cache=judge.prefix_cache, progress=bar.update,
+                         store=getattr(judge, "prefix_store", None))
     bar.close()
     return logp, critiques
 

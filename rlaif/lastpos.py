@@ -61,17 +61,75 @@ def last_logits_plain(model, seqs: list[list[int]], batch_size: int, pad_id: int
         yield idx, out.logits[:, -1].float()
 
 
+def _prefill(model, ids: list[int], start: int, past) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Key/values of ``ids`` (positions 0..len-1), computing ``ids[start:]`` on top of ``past`` (``start`` tokens)."""
+    dev = model.device
+    out = model(
+        input_ids=torch.tensor([ids[start:]], device=dev),
+        position_ids=torch.arange(start, len(ids), device=dev)[None],
+        past_key_values=DynamicCache(ddp_cache_data=past, config=model.config) if past else None,
+        use_cache=True, logits_to_keep=1,
+    )
+    return _kv(out.past_key_values)
+
+
+def weights_key(model) -> tuple:
+    """What the model computes with, cheaply: every parameter's storage and version counter (an
+    optimizer step, a ``load_state_dict`` or any in-place update bumps it), the trainable weights' sum
+    (catches updates through ``.data``, which skip the counter), the active adapters, whether adapters
+    are disabled, and train/eval mode (dropout)."""
+    params = list(model.parameters())
+    trainable = [p.detach().double().sum() for p in params if p.requires_grad]
+    return (
+        id(model), model.training,
+        tuple((p.data_ptr(), p._version) for p in params),
+        float(torch.stack(trainable).sum()) if trainable else 0.0,
+        str(getattr(model, "active_adapters", None)),
+        tuple(m.disable_adapters for m in model.modules() if isinstance(getattr(m, "disable_adapters", None), bool)),
+    )
+
+
+class PrefixStore:
+    """The shared prefix's key/value cache, kept between calls of one judge.
+
+    A judge is called many times with the same head (system prompt + constitution): once per prompt
+    group as a GRPO/RLOO reward, once per head-to-head batch in evaluation, once per chunk in the
+    benchmark. The store keeps the last call's level-1 prefix and, on the next call, reuses its
+    longest common prefix with the new one (the rest is computed on top). It is dropped whenever
+    :func:`weights_key` changes, so a judge that reads the adapter being trained (``rl_judge: live``)
+    recomputes after every optimizer step and never reads stale keys.
+    """
+
+    def __init__(self):
+        self.ids: list[int] = []
+        self.kv = None
+        self.key = None
+        self.reused = 0  # tokens taken from the store, summed over calls
+        self.computed = 0  # prefix tokens computed
+
+    def prefix(self, model, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        key = weights_key(model)
+        m = lcp_len([self.ids, ids]) if self.kv is not None and key == self.key else 0
+        past = [(k[:, :, :m], v[:, :, :m]) for k, v in self.kv] if m else None
+        kv = past if m == len(ids) else _prefill(model, ids, m, past)
+        self.ids, self.kv, self.key = list(ids), kv, key
+        self.reused += m
+        self.computed += len(ids) - m
+        return kv
+
+
 @torch.no_grad()
-def last_logits_cached(model, seqs: list[list[int]], groups: list, batch_size: int, pad_id: int):
-    """Same contract as :func:`last_logits_plain`, computing shared prefixes once (see module doc)."""
+def last_logits_cached(model, seqs: list[list[int]], groups: list, batch_size: int, pad_id: int,
+                       store: PrefixStore | None = None):
+    """Same contract as :func:`last_logits_plain`, computing shared prefixes once (see module doc);
+    with a ``store``, the level-1 prefix is also kept for the next call."""
     dev, config = model.device, model.config
     p0 = min(lcp_len(seqs), min(len(s) for s in seqs) - 1)
     if p0 < 1 or config._attn_implementation not in ("sdpa", "eager"):
         # nothing shared, or an attention kernel that takes no custom mask: the plain path is the same computation
         yield from last_logits_plain(model, seqs, batch_size, pad_id)
         return
-    out0 = model(input_ids=torch.tensor([seqs[0][:p0]], device=dev), use_cache=True, logits_to_keep=1)
-    kv0 = _kv(out0.past_key_values)
+    kv0 = store.prefix(model, seqs[0][:p0]) if store is not None else _prefill(model, seqs[0][:p0], 0, None)
     members: dict = {}
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
@@ -158,13 +216,14 @@ def _run_packed(model, seqs, chunk, p0, kv0, dev, config):
 
 
 def last_logprobs(model, seqs: list[list[int]], token_ids: list[int], batch_size: int, pad_id: int,
-                  groups: list | None = None, prefix_cache: bool = True, progress=None) -> torch.Tensor:
+                  groups: list | None = None, prefix_cache: bool = True, progress=None,
+                  store: PrefixStore | None = None) -> torch.Tensor:
     """log-softmax over the vocabulary at each sequence's last token, for ``token_ids``: [N, len(token_ids)]."""
     out = torch.full((len(seqs), len(token_ids)), float("nan"))
     if not seqs:
         return out
     if prefix_cache:
-        it = last_logits_cached(model, seqs, groups if groups is not None else [0] * len(seqs), batch_size, pad_id)
+        it = last_logits_cached(model, seqs, groups if groups is not None else [0] * len(seqs), batch_size, pad_id, store)
     else:
         it = last_logits_plain(model, seqs, batch_size, pad_id)
     ids = torch.tensor(token_ids)

@@ -139,6 +139,81 @@ def test_prefix_cache_feeds_fewer_tokens(tiny):
     assert cached < 0.8 * plain  # padded token counts; a silent fallback would feed at least as many
 
 
+def _fed_tokens(model, judge, items):
+    fed = []
+    hook = model.register_forward_pre_hook(lambda m, args, kw: fed.append(kw["input_ids"].numel()), with_kwargs=True)
+    try:
+        out = judge(items)
+    finally:
+        hook.remove()
+    return out, sum(fed)
+
+
+@pytest.mark.parametrize("cls", [ModelJudge, PointwiseJudge])
+def test_prefix_store_reuses_the_head_across_calls_with_the_same_verdicts(tiny, cls):
+    """A judge's second call takes the shared head from the first call's cache: fewer tokens, same verdicts."""
+    model, tok = tiny
+    calls = [COMPS[:3], COMPS[3:]] if cls is ModelJudge else [[("Say hello.", "hi"), ("Say hello.", "hello there")],
+                                                               [("Name a color.", "blue"), ("Name a color.", "")]]
+    plain = cls(model, tok, CONST, 4, prefix_cache=False)
+    judge = cls(model, tok, CONST, 4, prefix_cache=True)
+    for k, items in enumerate(calls):
+        fresh, fed_fresh = _fed_tokens(model, cls(model, tok, CONST, 4, prefix_cache=True), items)
+        got, fed = _fed_tokens(model, judge, items)
+        want = plain(items)
+        if cls is PointwiseJudge:
+            got, want, fresh = ([r["score"] for r in x] for x in (got, want, fresh))
+        assert got == pytest.approx(want, abs=1e-4) and got == pytest.approx(fresh, abs=1e-4)
+        if k == 0:
+            assert fed == fed_fresh and judge.prefix_store.reused == 0
+        else:  # the whole level-1 prefix came from the store
+            assert judge.prefix_store.reused > 0 and fed == fed_fresh - judge.prefix_store.reused
+
+
+def test_prefix_store_is_dropped_when_the_weights_change(tiny_model):
+    """An in-place update (an optimizer step) between calls must not leave stale keys in use."""
+    from rlaif.lastpos import PrefixStore, weights_key
+
+    model, tok = load_model(tiny_model), load_tokenizer(tiny_model)
+    judge = PointwiseJudge(model, tok, CONST, 4, prefix_cache=True)
+    seqs = [tok(judge.text("Say hello.", a), add_special_tokens=False)["input_ids"] for a in ("hi", "hello there, friend")]
+    ids = list(range(0, tok.vocab_size, 7))
+    store = PrefixStore()
+    last_logprobs(model, seqs, ids, 4, tok.pad_token_id, store=store)
+    old_ids, old_kv, old_key = store.ids, store.kv, store.key
+    w = model.model.layers[0].self_attn.v_proj.weight
+    with torch.no_grad():
+        w.add_(torch.randn_like(w))
+    assert weights_key(model) != old_key
+    after = last_logprobs(model, seqs, ids, 4, tok.pad_token_id, store=store)
+    fresh = last_logprobs(model, seqs, ids, 4, tok.pad_token_id, prefix_cache=False)
+    assert store.reused == 0 and torch.allclose(after, fresh, atol=1e-4)
+    # a store that missed the change would reuse the old weights' keys, visibly
+    stale_store = PrefixStore()
+    stale_store.ids, stale_store.kv, stale_store.key = old_ids, old_kv, weights_key(model)
+    stale = last_logprobs(model, seqs, ids, 4, tok.pad_token_id, store=stale_store)
+    assert stale_store.reused > 0 and (stale - fresh).abs().max() > 1e-3
+
+
+def test_prefix_store_reuses_a_partial_match_and_computes_the_rest(tiny):
+    """Heads that share only their start: the common part is reused, the rest computed, verdicts exact."""
+    from rlaif.lastpos import PrefixStore
+
+    model, tok = tiny
+    head = tok("<|im_start|>system\nYou judge answers.<|im_end|>\n")["input_ids"]
+    store = PrefixStore()
+    ids = [3, 7]
+    for prompt in ["rain falls", "the sun is a star"]:  # each call's shared prefix runs into its own prompt
+        mid = tok(f"<|im_start|>user\n{prompt}")["input_ids"]
+        seqs = [head + mid + tok(f" {a}<|im_end|>")["input_ids"] for a in ("a", "a longer answer")]
+        got = last_logprobs(model, seqs, ids, 4, tok.pad_token_id, store=store)
+        for r, s in enumerate(seqs):
+            with torch.no_grad():
+                ref = torch.log_softmax(model(input_ids=torch.tensor([s])).logits[0, -1].float(), -1)[ids]
+            assert got[r].tolist() == pytest.approx(ref.tolist(), abs=1e-4)
+    assert len(head) <= store.reused < len(store.ids)
+
+
 # ---------------------------------------------------------------- pointwise maths
 
 
@@ -272,3 +347,31 @@ def test_loop_with_pointwise_judge_from_another_model_writes_reliability_metrics
         assert j["reference_agreement"] == 1.0  # the tiny path is the base model itself
     rows = read_jsonl(tmp_path / "out/round_001/verdicts.jsonl")
     assert all("score_i" in r and 0 <= r["p_i"] <= 1 for r in rows)
+
+
+# ---------------------------------------------------------------- benchmark script
+
+
+def test_judge_bench_runs_every_kind_of_mode_and_reports_ratios(tiny_model, tmp_path, capsys):
+    """benchmarks/judge_bench.py end to end on the tiny model: the table, the ratios, identical
+    verdicts with and without the caches (they change cost, never a verdict)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("judge_bench", Path(__file__).parents[1] / "benchmarks" / "judge_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    modes = "pairwise,pairwise-nocache,pointwise,pointwise-percall,pointwise-nocache,text-baseline"
+    rc = bench.main(["--model", tiny_model, "--limit", "6", "--chunk", "2", "--baseline-limit", "2",
+                     "--baseline-tokens", "3", "--modes", modes, "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    res = {r["mode"]: r for r in read_json(out)["results"]}
+    assert set(res) == {"pairwise", "pairwise-nocache", "pointwise", "pointwise-percall", "pointwise-nocache", "text-baseline-3"}
+    assert res["pointwise"]["pairs"] == 6 and res["text-baseline-3"]["pairs"] == 2
+    for a, b in [("pointwise", "pointwise-percall"), ("pointwise", "pointwise-nocache"), ("pairwise", "pairwise-nocache")]:
+        assert [r["p_better"] for r in res[a]["rows"]] == pytest.approx([r["p_better"] for r in res[b]["rows"]], abs=1e-4)
+    assert "x cheaper per verdict" in printed and "prefix store across calls, pointwise" in printed
+    assert "| pointwise-percall | 6 |" in printed
+    assert bench.main(["--model", tiny_model, "--modes", "pointwise,nonsense"]) == 2
