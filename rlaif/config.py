@@ -111,7 +111,9 @@ class JudgeConfig:
     )
     critique_tokens: int = _f(48, "Longest critique, in tokens (greedy).")
     prefix_cache: bool = _f(
-        True, "Compute the shared prompt prefix (system + constitution + request) once per group of verdicts."
+        True,
+        "Compute the shared prompt prefix (system + constitution + request) once per group of verdicts, and "
+        "keep the system + constitution part between judge calls while the judge's weights are unchanged.",
     )
     reference_agreement: bool = _f(
         False,

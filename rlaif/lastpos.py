@@ -19,6 +19,10 @@ row instead of copying it per sequence; the price is attention over the whole ro
 then discards, small next to the matrix products at these lengths. Logits are computed only at the
 sequences' last positions.
 
+Level 1 can also outlive the call: a judge passes a :class:`PrefixStore`, which keeps the last
+call's level-1 key/values and lends their common part to the next call, for as long as the model's
+weights are unchanged (:func:`weights_key`).
+
 Shared prefixes are longest common prefixes of the *token ids* of the full texts, so the
 concatenation of the three segments is exactly the tokenisation of the full text. Attention
 kernels that take no custom mask (flash attention) fall back to the plain path, which gives the same
@@ -75,15 +79,16 @@ def _prefill(model, ids: list[int], start: int, past) -> list[tuple[torch.Tensor
 
 def weights_key(model) -> tuple:
     """What the model computes with, cheaply: every parameter's storage and version counter (an
-    optimizer step, a ``load_state_dict`` or any in-place update bumps it), the trainable weights' sum
-    (catches updates through ``.data``, which skip the counter), the active adapters, whether adapters
-    are disabled, and train/eval mode (dropout)."""
+    optimizer step, a ``load_state_dict`` or any in-place update bumps it); when only some weights
+    train (an adapter on a frozen base), their sum, which also catches updates through ``.data`` (they
+    skip the counter); the active adapters, whether adapters are disabled, and train/eval mode."""
     params = list(model.parameters())
-    trainable = [p.detach().double().sum() for p in params if p.requires_grad]
+    trainable = [p for p in params if p.requires_grad]
+    adapter_sum = sum(float(p.detach().double().sum()) for p in trainable) if len(trainable) < len(params) else 0.0
     return (
         id(model), model.training,
         tuple((p.data_ptr(), p._version) for p in params),
-        float(torch.stack(trainable).sum()) if trainable else 0.0,
+        adapter_sum,
         str(getattr(model, "active_adapters", None)),
         tuple(m.disable_adapters for m in model.modules() if isinstance(getattr(m, "disable_adapters", None), bool)),
     )

@@ -195,6 +195,25 @@ def test_prefix_store_is_dropped_when_the_weights_change(tiny_model):
     assert stale_store.reused > 0 and (stale - fresh).abs().max() > 1e-3
 
 
+def test_weights_key_sees_adapter_updates_through_data(tiny_model):
+    """``.data`` updates skip the version counter: for a frozen base with trainable weights (LoRA) the
+    key also sums the trainable ones; a frozen model's key costs no pass over its weights."""
+    from rlaif.lastpos import weights_key
+
+    model = load_model(tiny_model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    w = model.model.layers[0].self_attn.v_proj.weight
+    w.requires_grad_(True)
+    key = weights_key(model)
+    assert weights_key(model) == key
+    w.data.add_(0.5)
+    assert weights_key(model) != key
+    key = weights_key(model)
+    model.train()
+    assert weights_key(model) != key
+
+
 def test_prefix_store_reuses_a_partial_match_and_computes_the_rest(tiny):
     """Heads that share only their start: the common part is reused, the rest computed, verdicts exact."""
     from rlaif.lastpos import PrefixStore
