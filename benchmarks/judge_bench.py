@@ -1,6 +1,6 @@
 """How good, and how cheap, is each judge mode? Accuracy on a labelled judge set, and verdicts per second.
 
-    python benchmarks/judge_bench.py --threads 1           # bundled model, every mode, ~30 min on 2 shared CPU cores
+    python benchmarks/judge_bench.py --threads 1           # bundled model, every mode, ~20 min on 2 quiet CPU cores
     python benchmarks/judge_bench.py --limit 28 --modes pairwise,pointwise --out bench.json
 
 ``benchmarks/judge_set.jsonl`` holds pairs written for this project where one answer is unambiguously
@@ -245,7 +245,8 @@ def ratios(results: list[dict], default_mode: str) -> list[str]:
             out.append(
                 f"{'default' if m == default_mode else 'other'} mode `{m}` vs `{best['mode']}`: "
                 f"{best['cpu_s_per_verdict'] / d['cpu_s_per_verdict']:.1f}x cheaper per verdict (CPU-s; wall-clock "
-                f"{best['s_per_verdict'] / d['s_per_verdict']:.1f}x); accuracy {d['accuracy_subset']:.2f} vs "
+                f"{best['s_per_verdict'] / d['s_per_verdict']:.1f}x; on the same {best['pairs']} pairs alone "
+                f"{best['cpu_s_per_verdict'] / d['cpu_s_per_verdict_subset']:.1f}x); accuracy {d['accuracy_subset']:.2f} vs "
                 f"{best['accuracy_subset']:.2f} on the same {best['pairs']} pairs"
                 + (f" ({d['accuracy']:.2f} on all {d['pairs']})" if d["pairs"] > best["pairs"] else "")
             )
@@ -298,7 +299,7 @@ def main(argv=None) -> int:
     limit = {m: min(n_sub if any(x in m for x in EXPENSIVE) else n_all, args.critique_limit if "critique" in m else n_all)
              for m in modes}
     rows_of: dict[str, list[dict]] = {m: [] for m in modes}
-    secs, cpu = dict.fromkeys(modes, 0.0), dict.fromkeys(modes, 0.0)
+    secs, cpu, cpu_sub = dict.fromkeys(modes, 0.0), dict.fromkeys(modes, 0.0), dict.fromkeys(modes, 0.0)
     # modes take turns chunk by chunk, so that load from other processes on a shared machine falls
     # on every mode alike; each chunk is one judge call (see run_mode for what carries over)
     for lo in range(0, n_all, args.chunk):
@@ -311,11 +312,15 @@ def main(argv=None) -> int:
             rows_of[mode] += run_mode(mode, ctx, pairs[lo:hi], args)
             secs[mode] += time.perf_counter() - t0
             cpu[mode] += time.process_time() - c0
+            if hi <= n_sub:  # wholly inside the baseline's pairs
+                cpu_sub[mode] += time.process_time() - c0
     results = []
     for mode in modes:
         rows = rows_of[mode]
         res = summarize(mode, rows, pairs[: len(rows)], secs[mode], n_sub, ntok)
         res["cpu_s_per_verdict"] = cpu[mode] / len(rows)
+        whole = (n_sub // args.chunk) * args.chunk  # pairs in the chunks that lie wholly in the subset
+        res["cpu_s_per_verdict_subset"] = cpu_sub[mode] / min(whole, len(rows)) if whole else math.nan
         print(f"[bench] {mode}: accuracy {res['accuracy']:.3f}, {res['verdicts_per_s']:.3f} verdicts/s", file=sys.stderr)
         res["rows"] = rows
         results.append(res)
