@@ -300,6 +300,7 @@ def main(argv=None) -> int:
              for m in modes}
     rows_of: dict[str, list[dict]] = {m: [] for m in modes}
     secs, cpu, cpu_sub = dict.fromkeys(modes, 0.0), dict.fromkeys(modes, 0.0), dict.fromkeys(modes, 0.0)
+    n_in_sub = dict.fromkeys(modes, 0)  # pairs judged in calls that lie wholly within the baseline's pairs
     # modes take turns chunk by chunk, so that load from other processes on a shared machine falls
     # on every mode alike; each chunk is one judge call (see run_mode for what carries over)
     for lo in range(0, n_all, args.chunk):
@@ -311,16 +312,17 @@ def main(argv=None) -> int:
             t0, c0 = time.perf_counter(), time.process_time()
             rows_of[mode] += run_mode(mode, ctx, pairs[lo:hi], args)
             secs[mode] += time.perf_counter() - t0
-            cpu[mode] += time.process_time() - c0
-            if hi <= n_sub:  # wholly inside the baseline's pairs
-                cpu_sub[mode] += time.process_time() - c0
+            spent = time.process_time() - c0
+            cpu[mode] += spent
+            if hi <= n_sub:
+                cpu_sub[mode] += spent
+                n_in_sub[mode] += hi - lo
     results = []
     for mode in modes:
         rows = rows_of[mode]
         res = summarize(mode, rows, pairs[: len(rows)], secs[mode], n_sub, ntok)
         res["cpu_s_per_verdict"] = cpu[mode] / len(rows)
-        whole = (n_sub // args.chunk) * args.chunk  # pairs in the chunks that lie wholly in the subset
-        res["cpu_s_per_verdict_subset"] = cpu_sub[mode] / min(whole, len(rows)) if whole else math.nan
+        res["cpu_s_per_verdict_subset"] = cpu_sub[mode] / n_in_sub[mode] if n_in_sub[mode] else math.nan
         print(f"[bench] {mode}: accuracy {res['accuracy']:.3f}, {res['verdicts_per_s']:.3f} verdicts/s", file=sys.stderr)
         res["rows"] = rows
         results.append(res)

@@ -34,6 +34,7 @@ import random
 import statistics
 from pathlib import Path
 
+from rlaif import checkers
 from rlaif.artifacts import RunDir, read_json, read_jsonl, sha256_dir, write_json, write_jsonl
 from rlaif.config import Recipe
 from rlaif.errors import RlaifError
@@ -44,8 +45,6 @@ from rlaif.loop import Session, _judge_model, policy_adapter, say
 
 def words(text: str) -> list[str]:
     """Lower-cased words, split as the instruction checkers count them."""
-    from rlaif import checkers
-
     return [w.lower() for w in checkers.words(text)]
 
 
@@ -165,9 +164,8 @@ class Evaluator:
     def _instruction_prompts(self) -> list[dict]:
         if self.cfg.instructions == "none":
             return []
-        from rlaif.checkers import load_instruction_set
 
-        rows = load_instruction_set(None if self.cfg.instructions == "bundled" else self.cfg.instructions)
+        rows = checkers.load_instruction_set(None if self.cfg.instructions == "bundled" else self.cfg.instructions)
         return rows[: self.cfg.instruction_prompts or len(rows)]
 
     # -- models
@@ -236,10 +234,8 @@ class Evaluator:
         for r in rows:
             r["prompt"] = text_of[r["prompt_id"]]
             if r["set"] == "instructions":
-                from rlaif.checkers import check_all
-
                 r["constraints"] = constraints[r["prompt_id"]]
-                r["met"] = check_all(r["text"], r["constraints"])
+                r["met"] = checkers.check_all(r["text"], r["constraints"])
         return rows
 
     def _gen_cfg(self, k: int):

@@ -171,7 +171,7 @@ def read_labels(judge, texts: list[str], groups: list, label_ids: list[int]) -> 
     bar = tqdm(total=len(seqs), desc="judge", unit="view", leave=False)
     logp = last_logprobs(judge.model, seqs, label_ids, judge.batch_size, judge.tokenizer.pad_token_id,
                          groups=groups, prefix_cache=judge.prefix_cache, progress=bar.update,
-                         store=getattr(judge, "prefix_store", None))
+                         store=judge.prefix_store)
     bar.close()
     return logp, critiques
 

@@ -110,7 +110,6 @@ class PrefixStore:
         self.kv = None
         self.key = None
         self.reused = 0  # tokens taken from the store, summed over calls
-        self.computed = 0  # prefix tokens computed
 
     def prefix(self, model, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         key = weights_key(model)
@@ -119,7 +118,6 @@ class PrefixStore:
         kv = past if m == len(ids) else _prefill(model, ids, m, past)
         self.ids, self.kv, self.key = list(ids), kv, key
         self.reused += m
-        self.computed += len(ids) - m
         return kv
 
 

@@ -389,6 +389,8 @@ def test_judge_bench_runs_every_kind_of_mode_and_reports_ratios(tiny_model, tmp_
     res = {r["mode"]: r for r in read_json(out)["results"]}
     assert set(res) == {"pairwise", "pairwise-nocache", "pointwise", "pointwise-percall", "pointwise-nocache", "text-baseline-3"}
     assert res["pointwise"]["pairs"] == 6 and res["text-baseline-3"]["pairs"] == 2
+    for r in res.values():  # the first call (pairs 0-1) is the baseline's subset for every mode
+        assert 0 < r["cpu_s_per_verdict_subset"] < math.inf
     for a, b in [("pointwise", "pointwise-percall"), ("pointwise", "pointwise-nocache"), ("pairwise", "pairwise-nocache")]:
         assert [r["p_better"] for r in res[a]["rows"]] == pytest.approx([r["p_better"] for r in res[b]["rows"]], abs=1e-4)
     assert "x cheaper per verdict" in printed and "prefix store across calls, pointwise" in printed
