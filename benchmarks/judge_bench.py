@@ -44,10 +44,10 @@ from pathlib import Path
 import torch
 
 from rlaif.config import JudgeConfig
-from rlaif.constitution import load_constitution
-from rlaif.judge import Comparison, ModelJudge, PointwiseJudge, greedy_generate, pick_principle, sigmoid
+from rlaif.judging.constitution import load_constitution
+from rlaif.judging.judges import Comparison, ModelJudge, PointwiseJudge, greedy_generate, pick_principle, sigmoid
 from rlaif.models import load_model, load_tokenizer, resolve_model
-from rlaif.reliability import length_preference, pearson
+from rlaif.judging.reliability import length_preference, pearson
 
 HERE = Path(__file__).resolve().parent
 ALL_MODES = (

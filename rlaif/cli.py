@@ -18,7 +18,7 @@ import dataclasses
 import os
 import sys
 
-from rlaif.artifacts import REDO_STAGES
+from rlaif.rundir import REDO_STAGES
 from rlaif.errors import RlaifError
 
 
@@ -54,9 +54,9 @@ def validate(recipe) -> list[str]:
     from pathlib import Path
 
     from rlaif.config import build_lora_config, build_trl_config
-    from rlaif.constitution import load_constitution
+    from rlaif.judging.constitution import load_constitution
     from rlaif.models import check_model_source
-    from rlaif.prompts import load_pool
+    from rlaif.stages.prompts import load_pool
 
     lines = [f"recipe {recipe.source}: keys and types ok"]
     pool = load_pool(recipe.prompts)
@@ -77,7 +77,7 @@ def validate(recipe) -> list[str]:
     lines.append(f"model: {check_model_source(recipe.model.source, recipe.model.cache_dir)}")
     e, g = recipe.eval, recipe.safeguards
     if e.instructions != "none":
-        from rlaif.checkers import load_instruction_set
+        from rlaif.evaluation.checks import load_instruction_set
 
         n_if = len(load_instruction_set(None if e.instructions == "bundled" else e.instructions))
     rules = [f"{f.name}={getattr(g, f.name)}" for f in dataclasses.fields(g) if getattr(g, f.name) is not None]
@@ -98,7 +98,7 @@ def eval_recipe(target: str, overrides: list[str]):
     """The recipe ``rlaif eval`` works under: a run folder's own (from its manifest) or a recipe file's."""
     from pathlib import Path
 
-    from rlaif.artifacts import read_json
+    from rlaif.rundir import read_json
     from rlaif.config import apply_overrides, load_recipe, recipe_from_dict
 
     for text in overrides:
@@ -118,9 +118,9 @@ def eval_recipe(target: str, overrides: list[str]):
 def run_eval(args) -> int:
     from pathlib import Path
 
-    from rlaif.artifacts import read_json
-    from rlaif.evaluate import evaluate_run, format_table
-    from rlaif.tracking import Tracker
+    from rlaif.rundir import read_json
+    from rlaif.evaluation.evaluate import evaluate_run, format_table
+    from rlaif.reporting.tracking import Tracker
 
     recipe = eval_recipe(args.target, args.overrides)
     rounds = None
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             return run_eval(args)
         if args.command == "report":
-            from rlaif.report import report_files, write_report
+            from rlaif.reporting.report import report_files, write_report
 
             write_report(args.run)
             for path in report_files(args.run):

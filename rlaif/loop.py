@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from rlaif import artifacts
-from rlaif.artifacts import RunDir, read_json, read_jsonl, sha256_dir, write_json, write_jsonl
+from rlaif import rundir as artifacts
+from rlaif.rundir import RunDir, read_json, read_jsonl, sha256_dir, write_json, write_jsonl
 from rlaif.config import Recipe
-from rlaif.constitution import load_constitution
+from rlaif.judging.constitution import load_constitution
 from rlaif.errors import RlaifError
 
 
@@ -60,7 +60,7 @@ class Session:
         return load_model(self.model_path, m.dtype, adapter, m.revision, m.trust_remote_code)
 
     def seed(self, n: int, stage: str) -> int:
-        from rlaif.generate import derive_seed
+        from rlaif.stages.generate import derive_seed
 
         return derive_seed(self.recipe.run.seed, n, stage)
 
@@ -81,7 +81,7 @@ def _rel(run: RunDir, path: Path | None) -> str | None:
 
 
 def stage_prompts(s: Session, n: int) -> dict:
-    from rlaif.prompts import load_pool, select_round
+    from rlaif.stages.prompts import load_pool, select_round
 
     if n > 1:
         s.run.require(n - 1, "train", "prompts")
@@ -93,7 +93,7 @@ def stage_prompts(s: Session, n: int) -> dict:
 
 
 def stage_generate(s: Session, n: int) -> dict:
-    from rlaif.generate import generate_candidates, response_logprobs
+    from rlaif.stages.generate import generate_candidates, response_logprobs
 
     s.run.require(n, "prompts", "generate")
     prompts = read_jsonl(s.run.path(n, "prompts.jsonl"))
@@ -122,9 +122,9 @@ def stage_generate(s: Session, n: int) -> dict:
 
 
 def stage_judge(s: Session, n: int) -> dict:
-    from rlaif.judge import build_judge, judge_candidates, verdict_metrics
-    from rlaif.rank import rank_all
-    from rlaif.reliability import reference_agreement, reliability_metrics
+    from rlaif.judging.judges import build_judge, judge_candidates, verdict_metrics
+    from rlaif.judging.rank import rank_all
+    from rlaif.judging.reliability import reference_agreement, reliability_metrics
 
     s.run.require(n, "generate", "judge")
     cfg = s.recipe.judge
@@ -168,7 +168,7 @@ def _judge_model(s: Session, name: str, adapter: Path | None):
 
 
 def stage_pairs(s: Session, n: int) -> dict:
-    from rlaif.pairs import build_pairs
+    from rlaif.stages.pairs import build_pairs
 
     s.run.require(n, "judge", "pairs")
     prompts, candidates, verdicts, rankings = (
@@ -197,7 +197,7 @@ def evaluates_rounds(recipe: Recipe) -> bool:
 
 
 def stage_train(s: Session, n: int) -> dict:
-    from rlaif.train import train_dpo
+    from rlaif.stages.train_dpo import train_dpo
 
     if s.recipe.train.method != "dpo":
         return stage_train_rl(s, n)
@@ -222,10 +222,10 @@ def stage_train(s: Session, n: int) -> dict:
 
 
 def stage_train_rl(s: Session, n: int) -> dict:
-    from rlaif.rl import train_rl
+    from rlaif.stages.train_rl import train_rl
 
     s.run.require(n, "prompts", "train")
-    from rlaif.judge import build_judge
+    from rlaif.judging.judges import build_judge
 
     prompts = read_jsonl(s.run.path(n, "prompts.jsonl"))
     start = policy_adapter(s.run, n)
@@ -251,7 +251,7 @@ def stage_train_rl(s: Session, n: int) -> dict:
 
 
 def stage_evaluate(s: Session, n: int) -> dict:
-    from rlaif.evaluate import evaluate_round
+    from rlaif.evaluation.evaluate import evaluate_round
 
     s.run.require(n, "train", "evaluate")
     return evaluate_round(s, n)
@@ -379,8 +379,8 @@ def record_round(s: Session, n: int) -> None:
 
 def preflight(s: Session) -> None:
     """Fail on bad input before the run folder is touched: model, tokenizer, prompts, constitution."""
-    from rlaif.judge import label_token_ids
-    from rlaif.prompts import load_pool
+    from rlaif.judging.judges import label_token_ids
+    from rlaif.stages.prompts import load_pool
 
     load_pool(s.recipe.prompts)
     label_token_ids(s.tokenizer, s.constitution)  # also loads the model source's tokenizer
@@ -397,7 +397,7 @@ def run_all(recipe: Recipe) -> tuple[RunDir, dict]:
 
     Returns the run folder and its result (``RUN/result.json``): completed, or stopped by a safeguard.
     """
-    from rlaif.tracking import Tracker
+    from rlaif.reporting.tracking import Tracker
 
     s = Session(recipe)
     preflight(s)
@@ -417,8 +417,8 @@ def run_all(recipe: Recipe) -> tuple[RunDir, dict]:
 
 def _rounds(s: Session, tracker) -> dict:
     """Every round not yet complete, then the safeguards' check of each evaluated round, in order."""
-    from rlaif.safeguards import round_verdict, write_result
-    from rlaif.tracking import sample_rows
+    from rlaif.evaluation.safeguards import round_verdict, write_result
+    from rlaif.reporting.tracking import sample_rows
 
     recipe, stages = s.recipe, stages_for(s.recipe)
     done = 0

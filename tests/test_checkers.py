@@ -4,7 +4,7 @@ from importlib import resources
 
 import pytest
 
-from rlaif.checkers import (
+from rlaif.evaluation.checks import (
     CHECKERS,
     check,
     check_all,
@@ -16,7 +16,7 @@ from rlaif.checkers import (
     words,
 )
 from rlaif.errors import RlaifError
-from rlaif.prompts import normalise
+from rlaif.stages.prompts import normalise
 
 
 def W(rel, n):

@@ -6,7 +6,7 @@ import pytest
 from conftest import write_recipe
 from safetensors.torch import load_file
 
-from rlaif.artifacts import REDO_STAGES, read_json, read_jsonl
+from rlaif.rundir import REDO_STAGES, read_json, read_jsonl
 from rlaif.cli import main
 
 pytestmark = [

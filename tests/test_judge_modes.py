@@ -6,12 +6,12 @@ import pytest
 import torch
 from conftest import tiny_recipe, write_recipe
 
-from rlaif.artifacts import read_json, read_jsonl
+from rlaif.rundir import read_json, read_jsonl
 from rlaif.cli import main
 from rlaif.config import JudgeConfig, recipe_from_dict
-from rlaif.constitution import Rubric, constitution_from_dict, load_constitution
+from rlaif.judging.constitution import Rubric, constitution_from_dict, load_constitution
 from rlaif.errors import RlaifError
-from rlaif.judge import (
+from rlaif.judging.judges import (
     Comparison,
     ModelJudge,
     PointwiseJudge,
@@ -24,9 +24,9 @@ from rlaif.judge import (
     trim_critique,
     verdict_metrics,
 )
-from rlaif.lastpos import last_logprobs, lcp_len
+from rlaif.judging.prefix_cache import last_logprobs, lcp_len
 from rlaif.models import load_model, load_tokenizer
-from rlaif.rank import rank_all
+from rlaif.judging.rank import rank_all
 
 CONST = load_constitution("default")
 COMPS = [
@@ -91,7 +91,7 @@ def test_cached_logprobs_match_single_unpadded_forward_passes(tiny):
 
 def test_prefix_cache_packs_rows_and_pads_them_without_changing_verdicts(tiny, monkeypatch):
     """Tiny row budget: every group gets its own packed row, rows are right-padded to the longest."""
-    from rlaif import lastpos
+    from rlaif.judging import prefix_cache as lastpos
 
     model, tok = tiny
     plain = ModelJudge(model, tok, CONST, 16, prefix_cache=False)(COMPS)
@@ -172,7 +172,7 @@ def test_prefix_store_reuses_the_head_across_calls_with_the_same_verdicts(tiny, 
 
 def test_prefix_store_is_dropped_when_the_weights_change(tiny_model):
     """An in-place update (an optimizer step) between calls must not leave stale keys in use."""
-    from rlaif.lastpos import PrefixStore, weights_key
+    from rlaif.judging.prefix_cache import PrefixStore, weights_key
 
     model, tok = load_model(tiny_model), load_tokenizer(tiny_model)
     judge = PointwiseJudge(model, tok, CONST, 4, prefix_cache=True)
@@ -198,7 +198,7 @@ def test_prefix_store_is_dropped_when_the_weights_change(tiny_model):
 def test_weights_key_sees_adapter_updates_through_data(tiny_model):
     """``.data`` updates skip the version counter: for a frozen base with trainable weights (LoRA) the
     key also sums the trainable ones; a frozen model's key costs no pass over its weights."""
-    from rlaif.lastpos import weights_key
+    from rlaif.judging.prefix_cache import weights_key
 
     model = load_model(tiny_model)
     for p in model.parameters():
@@ -216,7 +216,7 @@ def test_weights_key_sees_adapter_updates_through_data(tiny_model):
 
 def test_prefix_store_reuses_a_partial_match_and_computes_the_rest(tiny):
     """Heads that share only their start: the common part is reused, the rest computed, verdicts exact."""
-    from rlaif.lastpos import PrefixStore
+    from rlaif.judging.prefix_cache import PrefixStore
 
     model, tok = tiny
     head = tok("<|im_start|>system\nYou judge answers.<|im_end|>\n")["input_ids"]

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, tiny_recipe, write_recipe
 from safetensors.torch import load_file
 
-from rlaif.artifacts import REDO_STAGES, read_json, read_jsonl
+from rlaif.rundir import REDO_STAGES, read_json, read_jsonl
 from rlaif.cli import main
 
 ROUND_FILES = ["prompts.jsonl", "candidates.jsonl", "verdicts.jsonl", "rankings.jsonl", "pairs.jsonl",

@@ -7,7 +7,7 @@ from conftest import SHARED_DATA
 from rlaif.config import PromptsConfig
 from rlaif.errors import RlaifError
 from rlaif.models import load_tokenizer
-from rlaif.prompts import load_pool, normalise, select_round
+from rlaif.stages.prompts import load_pool, normalise, select_round
 
 SELF_INSTRUCT = SHARED_DATA / "self_instruct_seed_tasks.jsonl"
 

@@ -4,10 +4,10 @@ import math
 import pytest
 
 from rlaif.config import PairsConfig
-from rlaif.constitution import load_constitution
-from rlaif.judge import Comparison, combine_orders, judge_candidates, verdict_metrics
-from rlaif.pairs import anchor_prompts, build_pairs
-from rlaif.rank import bradley_terry, rank_all, rank_candidates, win_matrix
+from rlaif.judging.constitution import load_constitution
+from rlaif.judging.judges import Comparison, combine_orders, judge_candidates, verdict_metrics
+from rlaif.stages.pairs import anchor_prompts, build_pairs
+from rlaif.judging.rank import bradley_terry, rank_all, rank_candidates, win_matrix
 
 
 def logit(p):

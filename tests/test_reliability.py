@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from rlaif.reliability import (
+from rlaif.judging.reliability import (
     intransitive_triples,
     length_preference,
     pearson,

@@ -16,8 +16,8 @@ import pytest
 from conftest import REPO, tiny_recipe, write_recipe
 from PIL import Image
 
-from rlaif import report
-from rlaif.artifacts import read_jsonl, write_json, write_jsonl
+from rlaif.reporting import report
+from rlaif.rundir import read_jsonl, write_json, write_jsonl
 from rlaif.cli import main
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -202,12 +202,12 @@ def test_an_outside_adapter_is_tabled_but_not_plotted(tmp_path):
 
 
 def test_report_module_leaves_matplotlib_unimported():
-    code = "import sys, rlaif, rlaif.cli, rlaif.report; assert 'matplotlib' not in sys.modules"
+    code = "import sys, rlaif, rlaif.cli, rlaif.reporting.report; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 def test_judge_pair_returns_both_orders(tiny_model):
-    from rlaif.judge import judge_pair
+    from rlaif.judging.judges import judge_pair
     from rlaif.models import load_model, load_tokenizer
 
     model, tok = load_model(tiny_model), load_tokenizer(tiny_model)

@@ -13,12 +13,12 @@ import torch
 from conftest import REPO, tiny_recipe, write_recipe
 from safetensors.torch import load_file
 
-from rlaif.artifacts import read_json, read_jsonl
+from rlaif.rundir import read_json, read_jsonl
 from rlaif.cli import main
-from rlaif.constitution import load_constitution
-from rlaif.judge import ModelJudge
+from rlaif.judging.constitution import load_constitution
+from rlaif.judging.judges import ModelJudge
 from rlaif.models import load_tokenizer
-from rlaif.rl import JudgeReward
+from rlaif.stages.train_rl import JudgeReward
 
 GOOD = "The capital of France is Paris."
 BAD = "zzz qqq xxx"
@@ -67,7 +67,7 @@ class PlantedJudgeModel(torch.nn.Module):
 
 @pytest.fixture
 def planted(tiny_model):
-    from rlaif.judge import label_token_ids
+    from rlaif.judging.judges import label_token_ids
 
     tok = load_tokenizer(tiny_model)
     const = load_constitution("default")
@@ -190,8 +190,8 @@ def test_rl_run_killed_in_training_resumes_to_the_same_result(tiny_model, tmp_pa
 
 
 def test_rl_round_ends_with_its_evaluation_and_sample_rows(tiny_model, tmp_path):
-    from rlaif.artifacts import RunDir
-    from rlaif.tracking import sample_rows
+    from rlaif.rundir import RunDir
+    from rlaif.reporting.tracking import sample_rows
 
     recipe = tiny_recipe(tiny_model, tmp_path / "out", run={"rounds": 1}, train={"method": "grpo"}, grpo=RL,
                          eval={"each_round": True, "instructions": "none", "heldout_prompts": 3, "bootstrap": 100})

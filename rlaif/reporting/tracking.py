@@ -10,7 +10,7 @@ import math
 import os
 from pathlib import Path
 
-from rlaif.artifacts import RunDir, read_jsonl
+from rlaif.rundir import RunDir, read_jsonl
 from rlaif.config import WandbConfig
 
 

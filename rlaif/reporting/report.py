@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
 
-from rlaif.artifacts import RunDir, read_json, read_jsonl, write_bytes_atomic
+from rlaif.rundir import RunDir, read_json, read_jsonl, write_bytes_atomic
 from rlaif.errors import RlaifError
 
 if TYPE_CHECKING:
@@ -423,7 +423,7 @@ def plot_training(rounds_df: pd.DataFrame, log: pd.DataFrame | None = None) -> "
 
 
 def plot_pair(verdict: dict) -> "Figure":
-    """One :func:`rlaif.judge.judge_pair` verdict: P(answer A better) in each order and averaged
+    """One :func:`rlaif.judging.judges.judge_pair` verdict: P(answer A better) in each order and averaged
     (pairwise), or both answers' score distributions (pointwise)."""
     fig, (ax,) = _figure(width=5.5, height=3.4)
     if verdict.get("mode") == "pointwise":

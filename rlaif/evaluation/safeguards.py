@@ -2,7 +2,7 @@
 
 A loop that trains on its own judgements can drift into model collapse (Shumailov et al. 2024):
 answers grow longer and more alike, the judge rewards its own quirks. The ``safeguards`` section
-names rules over the round's held-out evaluation (:mod:`rlaif.evaluate`), each against the frozen
+names rules over the round's held-out evaluation (:mod:`rlaif.evaluation.evaluate`), each against the frozen
 base or the round before:
 
 - ``min_win_rate_vs_previous``: the round must win at least this share of head-to-heads against the
@@ -21,7 +21,7 @@ rather than the one with the best win-rate because a 32-prompt win-rate has a 95
 
 import math
 
-from rlaif.artifacts import RunDir, read_json, write_json
+from rlaif.rundir import RunDir, read_json, write_json
 from rlaif.config import SafeguardsConfig
 
 

@@ -4,7 +4,7 @@ Layout::
 
     RUN/manifest.json              resolved recipe, package versions, seeds, per-round provenance
     RUN/result.json                completed or stopped (and why), and which round's adapter is the result
-    RUN/eval/                      held-out evaluation (see rlaif.evaluate); RUN/report/: `rlaif report`
+    RUN/eval/                      held-out evaluation (see rlaif.evaluation.evaluate); RUN/report/: `rlaif report`
     RUN/round_001/prompts.jsonl    the round's prompts
     RUN/round_001/candidates.jsonl K candidates per prompt
     RUN/round_001/verdicts.jsonl   every pairwise verdict, both orders' probabilities, the principle

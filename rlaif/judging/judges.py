@@ -12,7 +12,7 @@ answer labels rather than parsing generated text. Where we deviate, and why:
   the mass the model gave the labels among all tokens is kept as ``label_mass`` for diagnosis.
 - With ``judge.principles: all`` every principle is shown in one prompt instead of sampling one.
 - K candidates are compared as a full round robin (K·(K−1)/2 pairs, twice each), ranked in
-  :mod:`rlaif.rank`.
+  :mod:`rlaif.judging.rank`.
 
 Modes (``judge.mode``): ``pairwise`` (above, :class:`ModelJudge`) and ``pointwise`` (an additive
 rubric scored as an expected value, :class:`PointwiseJudge`); ``judge.critique`` adds a short written
@@ -20,7 +20,7 @@ critique before the verdict (Constitutional AI's chain-of-thought variant, §4.2
 for models large enough to reason in text.
 
 A verdict needs one forward pass and the logits of the last position only; the tokens comparisons
-share are computed once (:mod:`rlaif.lastpos`). A failed verdict (non-finite logits) is a NaN value,
+share are computed once (:mod:`rlaif.judging.prefix_cache`). A failed verdict (non-finite logits) is a NaN value,
 counted, never an exception mid-round. How good each mode is on the bundled model:
 ``benchmarks/judge_bench.py`` and README's "How good is the judge?".
 """
@@ -35,10 +35,10 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from rlaif.constitution import Constitution
+from rlaif.judging.constitution import Constitution
 from rlaif.errors import RlaifError
-from rlaif.generate import derive_seed
-from rlaif.lastpos import PrefixStore, last_logprobs
+from rlaif.stages.generate import derive_seed
+from rlaif.judging.prefix_cache import PrefixStore, last_logprobs
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class ModelJudge:
     """A causal LM as a pairwise judge: log-odds of the constitution's two labels, next token.
 
     ``prefix_cache`` computes the tokens that comparisons share (system + constitution, then the
-    request under one principle) once (:mod:`rlaif.lastpos`), and keeps the system + constitution
+    request under one principle) once (:mod:`rlaif.judging.prefix_cache`), and keeps the system + constitution
     head between calls while the weights do not change; ``critique`` first has the model write
     a short critique (greedy, ``critique_tokens``) and reads the label after it.
     """
@@ -403,7 +403,7 @@ def judge_pair(model, tokenizer, prompt: str, answer_a: str, answer_b: str, prin
     or "tie"). Pointwise adds ``score_a``/``score_b``, their ``probs_*`` over ``score_labels``; ``p_i`` is then
     :func:`pointwise_p` and the order keys are NaN.
     """
-    from rlaif.constitution import load_constitution
+    from rlaif.judging.constitution import load_constitution
 
     c = constitution if isinstance(constitution, Constitution) else load_constitution(constitution)
     if mode == "pointwise":

@@ -32,10 +32,10 @@ import time
 from pathlib import Path
 
 from rlaif.config import Recipe, build_trl_config
-from rlaif.constitution import Constitution
-from rlaif.judge import PairJudge, judge_candidates
-from rlaif.rank import mean_wins, win_matrix
-from rlaif.train import adapter_distance, make_trainer, save_adapter, trainable_state
+from rlaif.judging.constitution import Constitution
+from rlaif.judging.judges import PairJudge, judge_candidates
+from rlaif.judging.rank import mean_wins, win_matrix
+from rlaif.stages.train_dpo import adapter_distance, make_trainer, save_adapter, trainable_state
 
 
 def _text(completion) -> str:
@@ -131,7 +131,7 @@ def train_rl(recipe: Recipe, model_path: str, tokenizer, prompts: list[dict], ju
     trainer = make_trainer(trainer_cls, recipe, model_path, start_adapter, reward_funcs=[reward], args=args,
                            train_dataset=to_prompt_dataset(prompts), processing_class=tokenizer)
     if judge is None:
-        from rlaif.judge import build_judge
+        from rlaif.judging.judges import build_judge
 
         model = trainer.accelerator.unwrap_model(trainer.model)
         reward.judge = _LiveJudge(build_judge(recipe.judge, model, tokenizer, constitution), model)

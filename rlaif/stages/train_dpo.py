@@ -1,7 +1,7 @@
 """Stage 5, train: TRL's DPOTrainer updates a peft LoRA adapter on the round's pairs.
 
 The helpers here (base model, LoRA set-up across rounds, saving, how far the adapter moved) are
-shared with the on-policy RL path in :mod:`rlaif.rl`.
+shared with the on-policy RL path in :mod:`rlaif.stages.train_rl`.
 
 rlaif wraps the trainer; it does not reimplement DPO (Rafailov et al. 2023). What we decide:
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from rlaif.artifacts import commit_dir
+from rlaif.rundir import commit_dir
 from rlaif.config import Recipe, build_lora_config, build_trl_config
 
 

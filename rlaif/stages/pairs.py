@@ -41,7 +41,7 @@ import math
 from collections import Counter
 
 from rlaif.config import PairsConfig
-from rlaif.rank import win_matrix
+from rlaif.judging.rank import win_matrix
 
 
 def _exclusion(c: dict, better_texts: set[str], cfg: PairsConfig) -> str | None:

@@ -5,7 +5,7 @@ For the base model and each round's adapter, on the held-out split of the prompt
 - **win-rate** against the base and against the previous round, judged by a judge that does not
   move (``eval.judge_model``: the frozen base by default), every head-to-head in both orders
   (pairwise), with a 95% bootstrap interval over prompts;
-- **verifiable instruction following** on rlaif's checker set (:mod:`rlaif.checkers`): the share of
+- **verifiable instruction following** on rlaif's checker set (:mod:`rlaif.evaluation.checks`): the share of
   prompts with every constraint met and the share of constraints met;
 - **collapse signals** (Shumailov et al. 2024): distinct-1/2 over all samples, self-similarity
   between the samples of the same prompt, response length (mean, spread), the share cut off at the
@@ -34,8 +34,8 @@ import random
 import statistics
 from pathlib import Path
 
-from rlaif import checkers
-from rlaif.artifacts import RunDir, read_json, read_jsonl, sha256_dir, write_json, write_jsonl
+from rlaif.evaluation import checks as checkers
+from rlaif.rundir import RunDir, read_json, read_jsonl, sha256_dir, write_json, write_jsonl
 from rlaif.config import Recipe
 from rlaif.errors import RlaifError
 from rlaif.loop import Session, _judge_model, policy_adapter, say
@@ -148,7 +148,7 @@ class Evaluator:
 
     # -- inputs
     def _heldout_prompts(self) -> list[dict]:
-        from rlaif.prompts import load_pool, prompt_token_count
+        from rlaif.stages.prompts import load_pool, prompt_token_count
 
         pool = load_pool(self.recipe.prompts)
         tok, limit = self.session.tokenizer, self.recipe.prompts.max_prompt_tokens
@@ -210,7 +210,7 @@ class Evaluator:
         return rows
 
     def _generate(self, m: Model) -> list[dict]:
-        from rlaif.generate import derive_seed, response_logprobs
+        from rlaif.stages.generate import derive_seed, response_logprobs
 
         say(f"eval: {m.name}: answering {len(self.heldout)} held-out prompts x{self.cfg.samples}"
             f" and {len(self.instructions)} instruction prompts")
@@ -248,7 +248,7 @@ class Evaluator:
     # -- head-to-heads
     @property
     def judge(self):
-        from rlaif.judge import build_judge
+        from rlaif.judging.judges import build_judge
 
         if self._judge is None:
             cfg = dataclasses.replace(self.recipe.judge, mode=self.cfg.judge_mode, model=self.cfg.judge_model,
@@ -262,7 +262,7 @@ class Evaluator:
 
     def compare(self, a: Model, b: Model) -> list[dict]:
         """Per held-out prompt: P(a's first sample beats b's), both orders (cached)."""
-        from rlaif.judge import judge_candidates
+        from rlaif.judging.judges import judge_candidates
 
         ra, rb = (self._first_samples(self.responses(m)) for m in (a, b))
         key = fingerprint({"a": self._response_key(a), "b": self._response_key(b), "judge": self.cfg.judge_model,
@@ -342,7 +342,7 @@ def sample_responses(model, tokenizer, prompts: list[dict], cfg, seed: int, mode
     ``model_name`` and ``set_name`` say which model and prompt set are answered (the collapse tests
     replace this function to plant a collapsed round).
     """
-    from rlaif.generate import derive_seed, generate_candidates
+    from rlaif.stages.generate import derive_seed, generate_candidates
 
     return generate_candidates(model, tokenizer, prompts, cfg, derive_seed(seed, set_name))
 
