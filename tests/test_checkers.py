@@ -4,6 +4,7 @@ from importlib import resources
 
 import pytest
 
+from rlaif.errors import RlaifError
 from rlaif.evaluation.checks import (
     CHECKERS,
     check,
@@ -15,7 +16,6 @@ from rlaif.evaluation.checks import (
     validate_constraint,
     words,
 )
-from rlaif.errors import RlaifError
 from rlaif.stages.prompts import normalise
 
 

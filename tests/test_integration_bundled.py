@@ -6,8 +6,9 @@ import pytest
 from conftest import write_recipe
 from safetensors.torch import load_file
 
-from rlaif.rundir import REDO_STAGES, read_json, read_jsonl
 from rlaif.cli import main
+from rlaif.pipeline import REDO_STAGES
+from rlaif.rundir import read_json, read_jsonl
 
 pytestmark = [
     pytest.mark.integration,

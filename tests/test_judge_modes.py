@@ -6,11 +6,10 @@ import pytest
 import torch
 from conftest import tiny_recipe, write_recipe
 
-from rlaif.rundir import read_json, read_jsonl
 from rlaif.cli import main
 from rlaif.config import JudgeConfig, recipe_from_dict
-from rlaif.judging.constitution import Rubric, constitution_from_dict, load_constitution
 from rlaif.errors import RlaifError
+from rlaif.judging.constitution import Rubric, constitution_from_dict, load_constitution
 from rlaif.judging.judges import (
     Comparison,
     ModelJudge,
@@ -25,8 +24,9 @@ from rlaif.judging.judges import (
     verdict_metrics,
 )
 from rlaif.judging.prefix_cache import last_logprobs, lcp_len
-from rlaif.models import load_model, load_tokenizer
 from rlaif.judging.rank import rank_all
+from rlaif.models import load_model, load_tokenizer
+from rlaif.rundir import read_json, read_jsonl
 
 CONST = load_constitution("default")
 COMPS = [

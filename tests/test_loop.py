@@ -13,8 +13,9 @@ import pytest
 from conftest import REPO, tiny_recipe, write_recipe
 from safetensors.torch import load_file
 
-from rlaif.rundir import REDO_STAGES, read_json, read_jsonl
 from rlaif.cli import main
+from rlaif.pipeline import REDO_STAGES
+from rlaif.rundir import read_json, read_jsonl
 
 ROUND_FILES = ["prompts.jsonl", "candidates.jsonl", "verdicts.jsonl", "rankings.jsonl", "pairs.jsonl",
                "pairs_dropped.jsonl", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",

@@ -16,9 +16,9 @@ import pytest
 from conftest import REPO, tiny_recipe, write_recipe
 from PIL import Image
 
+from rlaif.cli import main
 from rlaif.reporting import report
 from rlaif.rundir import read_jsonl, write_json, write_jsonl
-from rlaif.cli import main
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 CHARTS_WITH_EVAL = ["collapse", "instruction_following", "margins", "position_bias", "training", "win_rate"]

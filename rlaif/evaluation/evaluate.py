@@ -34,11 +34,15 @@ import random
 import statistics
 from pathlib import Path
 
-from rlaif.evaluation import checks as checkers
-from rlaif.rundir import RunDir, read_json, read_jsonl, sha256_dir, write_json, write_jsonl
 from rlaif.config import Recipe
 from rlaif.errors import RlaifError
-from rlaif.loop import Session, _judge_model, policy_adapter, say
+from rlaif.evaluation import checks as checkers
+from rlaif.judging.judges import build_judge, judge_candidates
+from rlaif.run import RunContext, say
+from rlaif.rundir import read_json, read_jsonl, sha256_dir, write_json, write_jsonl
+from rlaif.seeds import derive_seed
+from rlaif.stages.generate import generate_candidates, response_logprobs
+from rlaif.stages.prompts import load_pool, prompt_token_count
 
 # ---------------------------------------------------------------- metrics (pure functions)
 
@@ -130,9 +134,9 @@ def fingerprint(obj) -> str:
 class Evaluator:
     """Answers, judges and scores models on the held-out prompts of one run folder, caching everything."""
 
-    def __init__(self, recipe: Recipe, run: RunDir):
-        self.recipe, self.run, self.cfg = recipe, run, recipe.eval
-        self.session = Session(recipe)
+    def __init__(self, ctx: RunContext):
+        self.ctx, self.recipe, self.run, self.cfg = ctx, ctx.recipe, ctx.run, ctx.recipe.eval
+        recipe, run = ctx.recipe, ctx.run
         self.root = run.root / "eval"
         self._base = None
         self._judge = None
@@ -148,10 +152,8 @@ class Evaluator:
 
     # -- inputs
     def _heldout_prompts(self) -> list[dict]:
-        from rlaif.stages.prompts import load_pool, prompt_token_count
-
         pool = load_pool(self.recipe.prompts)
-        tok, limit = self.session.tokenizer, self.recipe.prompts.max_prompt_tokens
+        tok, limit = self.ctx.tokenizer, self.recipe.prompts.max_prompt_tokens
         fitting = [p for p in pool.heldout if prompt_token_count(tok, p["prompt"]) <= limit]
         if not fitting:
             raise RlaifError(
@@ -181,7 +183,7 @@ class Evaluator:
         """The model a round is compared with as "the previous round": the newest earlier adapter, else the base."""
         if m.round in (None, 0):
             return None
-        prev = policy_adapter(self.run, m.round)
+        prev = self.ctx.policy_adapter(m.round)
         if prev is None:
             return Model("base", 0, None)
         n = int(prev.parent.name.split("_")[1])
@@ -190,7 +192,7 @@ class Evaluator:
     @property
     def base(self):
         if self._base is None:
-            self._base = self.session.load(None)
+            self._base = self.ctx.load(None)
         return self._base
 
     # -- responses
@@ -210,22 +212,20 @@ class Evaluator:
         return rows
 
     def _generate(self, m: Model) -> list[dict]:
-        from rlaif.stages.generate import derive_seed, response_logprobs
-
         say(f"eval: {m.name}: answering {len(self.heldout)} held-out prompts x{self.cfg.samples}"
             f" and {len(self.instructions)} instruction prompts")
-        model = self.session.load(m.adapter) if m.adapter else self.base
+        model = self.ctx.load(m.adapter) if m.adapter else self.base
         seed = derive_seed(self.recipe.run.seed, "eval")
         rows = []
         for name, prompts, k in (("heldout", self.heldout, self.cfg.samples), ("instructions", self.instructions, 1)):
             if not prompts:
                 continue
-            for r in sample_responses(model, self.session.tokenizer, prompts, self._gen_cfg(k), seed, m.name, name):
+            for r in sample_responses(model, self.ctx.tokenizer, prompts, self._gen_cfg(k), seed, m.name, name):
                 r["set"] = name
                 rows.append(r)
         text_of = {p["id"]: p["prompt"] for p in self.heldout + self.instructions}
         heldout = [r for r in rows if r["set"] == "heldout"]  # the KL estimate's samples
-        args = (self.session.tokenizer, [text_of[r["prompt_id"]] for r in heldout], [r["text"] for r in heldout])
+        args = (self.ctx.tokenizer, [text_of[r["prompt_id"]] for r in heldout], [r["text"] for r in heldout])
         own = response_logprobs(model, *args)
         base = response_logprobs(self.base, *args) if m.adapter else own
         for r, lp, lb in zip(heldout, own, base):
@@ -248,22 +248,18 @@ class Evaluator:
     # -- head-to-heads
     @property
     def judge(self):
-        from rlaif.judging.judges import build_judge
-
         if self._judge is None:
             cfg = dataclasses.replace(self.recipe.judge, mode=self.cfg.judge_mode, model=self.cfg.judge_model,
                                       principles="all")
             if cfg.model == "base":
-                model, tokenizer = self.base, self.session.tokenizer
+                model, tokenizer = self.base, self.ctx.tokenizer
             else:
-                model, tokenizer = _judge_model(self.session, cfg.model, None)
-            self._judge = build_judge(cfg, model, tokenizer, self.session.constitution)
+                model, tokenizer, _ = self.ctx.load_judge(0, cfg.model)
+            self._judge = build_judge(cfg, model, tokenizer, self.ctx.constitution)
         return self._judge
 
     def compare(self, a: Model, b: Model) -> list[dict]:
         """Per held-out prompt: P(a's first sample beats b's), both orders (cached)."""
-        from rlaif.judging.judges import judge_candidates
-
         ra, rb = (self._first_samples(self.responses(m)) for m in (a, b))
         key = fingerprint({"a": self._response_key(a), "b": self._response_key(b), "judge": self.cfg.judge_model,
                            "mode": self.cfg.judge_mode, "judge_cfg": dataclasses.asdict(self.recipe.judge)})
@@ -277,7 +273,7 @@ class Evaluator:
             for idx, side in enumerate((ra, rb)):
                 r = side[p["id"]]
                 candidates.append({"prompt_id": p["id"], "candidate": idx, "text": r["text"]})
-        verdicts = judge_candidates(self.judge, self.session.constitution, self.heldout, candidates, "all",
+        verdicts = judge_candidates(self.judge, self.ctx.constitution, self.heldout, candidates, "all",
                                     self.recipe.run.seed)
         rows = [{"prompt_id": v["prompt_id"], "p_a_ij": v["p_a_ij"], "p_a_ji": v["p_a_ji"], "p": v["p_i"],
                  "agree": v["agree"], **({"score_a": v["score_i"], "score_b": v["score_j"]} if "score_i" in v else {})}
@@ -342,8 +338,6 @@ def sample_responses(model, tokenizer, prompts: list[dict], cfg, seed: int, mode
     ``model_name`` and ``set_name`` say which model and prompt set are answered (the collapse tests
     replace this function to plant a collapsed round).
     """
-    from rlaif.stages.generate import derive_seed, generate_candidates
-
     return generate_candidates(model, tokenizer, prompts, cfg, derive_seed(seed, set_name))
 
 
@@ -352,8 +346,8 @@ def sample_responses(model, tokenizer, prompts: list[dict], cfg, seed: int, mode
 
 def evaluate_run(recipe: Recipe, rounds: list[int] | None = None, adapter: Path | None = None) -> dict:
     """``rlaif eval``: the base, each round (or ``rounds``), or one outside ``adapter``, on held-out prompts."""
-    run = RunDir(recipe.run.output_dir)
-    ev = Evaluator(recipe, run)
+    ctx = RunContext(recipe)
+    run, ev = ctx.run, Evaluator(ctx)
     if adapter is not None:
         adapter = Path(adapter).expanduser().resolve()
         if not (adapter / "adapter_config.json").is_file():
@@ -369,15 +363,15 @@ def evaluate_run(recipe: Recipe, rounds: list[int] | None = None, adapter: Path 
         return ev.results(models)
 
 
-def evaluate_round(s, n: int) -> dict:
-    """The loop's evaluate stage: round n against the base and the round before it (cached pieces reused)."""
-    ev = Evaluator(s.recipe, s.run)
-    m = Model(f"round_{n:03d}", n, s.run.adapter(n))
+def evaluate_round(ctx: RunContext, n: int) -> dict:
+    """The evaluate stage: round n against the base and the round before it (cached pieces reused)."""
+    ev = Evaluator(ctx)
+    m = Model(f"round_{n:03d}", n, ctx.run.adapter(n))
     if not (m.adapter / "adapter_config.json").is_file():
         raise RlaifError(f"round {n}: stage 'evaluate' needs the round's adapter ({m.adapter})")
     base = ev.summarize(Model("base", 0, None))
     row = ev.summarize(m)
-    write_json(s.run.path(n, "eval.json"), {"model": row, "base": base})
+    write_json(ctx.run.path(n, "eval.json"), {"model": row, "base": base})
     return {"model": row, "base": base}
 
 

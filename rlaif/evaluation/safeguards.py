@@ -21,8 +21,8 @@ rather than the one with the best win-rate because a 32-prompt win-rate has a 95
 
 import math
 
-from rlaif.rundir import RunDir, read_json, write_json
 from rlaif.config import SafeguardsConfig
+from rlaif.rundir import RunDir, read_json, write_json
 
 
 def broken_rules(cfg: SafeguardsConfig, model: dict, base: dict) -> list[str]:

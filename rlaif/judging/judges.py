@@ -35,10 +35,10 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from rlaif.judging.constitution import Constitution
 from rlaif.errors import RlaifError
-from rlaif.stages.generate import derive_seed
+from rlaif.judging.constitution import Constitution, load_constitution
 from rlaif.judging.prefix_cache import PrefixStore, last_logprobs
+from rlaif.seeds import derive_seed
 
 
 @dataclass(frozen=True)
@@ -403,8 +403,6 @@ def judge_pair(model, tokenizer, prompt: str, answer_a: str, answer_b: str, prin
     or "tie"). Pointwise adds ``score_a``/``score_b``, their ``probs_*`` over ``score_labels``; ``p_i`` is then
     :func:`pointwise_p` and the order keys are NaN.
     """
-    from rlaif.judging.constitution import load_constitution
-
     c = constitution if isinstance(constitution, Constitution) else load_constitution(constitution)
     if mode == "pointwise":
         if principle is not None:

@@ -24,13 +24,24 @@ call's level-1 key/values and lends their common part to the next call, for as l
 weights are unchanged (:func:`weights_key`).
 
 Shared prefixes are longest common prefixes of the *token ids* of the full texts, so the
-concatenation of the three segments is exactly the tokenisation of the full text. Attention
-kernels that take no custom mask (flash attention) fall back to the plain path, which gives the same
-verdicts at full cost.
+concatenation of the three segments is exactly the tokenisation of the full text.
+
+The cache checks itself (:func:`cache_check`) on its first call for a model: it is off, with a logged
+reason, where the attention cannot take the packed custom mask (flash attention and other kernels
+without one, sliding-window attention, which the mask does not express), and where its verdicts on
+the call's first views differ from the plain path's. Off means the plain path: the same verdicts at
+full cost.
 """
+
+import math
+import sys
+import weakref
 
 import torch
 from transformers import DynamicCache
+
+MASKED_ATTENTION = ("sdpa", "eager")  # kernels that take the packed custom mask
+_checked: "weakref.WeakKeyDictionary[torch.nn.Module, str | None]" = weakref.WeakKeyDictionary()
 
 
 def lcp_len(seqs: list[list[int]]) -> int:
@@ -128,7 +139,7 @@ def last_logits_cached(model, seqs: list[list[int]], groups: list, batch_size: i
     with a ``store``, the level-1 prefix is also kept for the next call."""
     dev, config = model.device, model.config
     p0 = min(lcp_len(seqs), min(len(s) for s in seqs) - 1)
-    if p0 < 1 or config._attn_implementation not in ("sdpa", "eager"):
+    if p0 < 1 or config._attn_implementation not in MASKED_ATTENTION:
         # nothing shared, or an attention kernel that takes no custom mask: the plain path is the same computation
         yield from last_logits_plain(model, seqs, batch_size, pad_id)
         return
@@ -225,6 +236,8 @@ def last_logprobs(model, seqs: list[list[int]], token_ids: list[int], batch_size
     out = torch.full((len(seqs), len(token_ids)), float("nan"))
     if not seqs:
         return out
+    if prefix_cache and cache_check(model, seqs, token_ids, groups, batch_size, pad_id) is not None:
+        prefix_cache = False
     if prefix_cache:
         it = last_logits_cached(model, seqs, groups if groups is not None else [0] * len(seqs), batch_size, pad_id, store)
     else:
@@ -235,3 +248,52 @@ def last_logprobs(model, seqs: list[list[int]], token_ids: list[int], batch_size
         if progress is not None:
             progress(len(idx))
     return out
+
+
+def unsafe_reason(config) -> str | None:
+    """Why the packed custom mask cannot reproduce this model's attention (None: it can)."""
+    impl = getattr(config, "_attn_implementation", None)
+    if impl not in MASKED_ATTENTION:
+        return f"attention implementation {impl!r} takes no custom mask"
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) is not False:
+        return f"sliding-window attention (window {window}) is not what the packed mask expresses"
+    if any(t != "full_attention" for t in (getattr(config, "layer_types", None) or [])):
+        return "some layers do not use full attention"
+    return None
+
+
+def cache_check(model, seqs, token_ids, groups, batch_size: int, pad_id: int) -> str | None:
+    """None where the prefix cache is safe for ``model``, else the reason it is off (checked once per model).
+
+    Besides :func:`unsafe_reason`, the first call's first views (up to two groups, four sequences) go
+    through both paths: a difference in log-probabilities beyond rounding (1e-3 in float32, 5e-2 in
+    16-bit) turns the cache off for this model.
+    """
+    if model in _checked:
+        return _checked[model]
+    reason = unsafe_reason(model.config)
+    if reason is None:
+        groups = groups if groups is not None else [0] * len(seqs)
+        first = list(dict.fromkeys(groups))[:2]
+        idx = [i for i, g in enumerate(groups) if g in first][:4]
+        sample, sample_groups = [seqs[i] for i in idx], [groups[i] for i in idx]
+        ids = torch.tensor(token_ids)
+
+        def logps(it) -> torch.Tensor:
+            res = torch.empty(len(sample), len(token_ids))
+            for rows, logits in it:
+                res[torch.tensor(rows)] = torch.log_softmax(logits.float(), dim=-1)[:, ids.to(logits.device)].cpu()
+            return res
+
+        plain = logps(last_logits_plain(model, sample, batch_size, pad_id))
+        cached = logps(last_logits_cached(model, sample, sample_groups, batch_size, pad_id))
+        diff = (plain - cached).abs().max().item()
+        tol = 1e-3 if model.dtype == torch.float32 else 5e-2
+        if not math.isfinite(diff) or diff > tol:
+            reason = f"its log-probabilities differed from the plain path's by {diff:.2g} on the first views"
+    _checked[model] = reason
+    if reason is not None:
+        print(f"[rlaif] judge prefix cache off for this model: {reason}; judging takes the plain path "
+              "(same verdicts, full cost)", file=sys.stderr, flush=True)
+    return reason

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
 
-from rlaif.rundir import RunDir, read_json, read_jsonl, write_bytes_atomic
 from rlaif.errors import RlaifError
+from rlaif.rundir import RunDir, read_json, read_jsonl, write_bytes_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -10,8 +10,8 @@ import math
 import os
 from pathlib import Path
 
-from rlaif.rundir import RunDir, read_jsonl
 from rlaif.config import WandbConfig
+from rlaif.rundir import RunDir, read_jsonl
 
 
 def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:

@@ -7,16 +7,15 @@ base: their difference, averaged, is a Monte-Carlo estimate of KL(policy ‖ bas
 and it is the evidence that a round's candidates came from the previous round's adapter.
 """
 
-import hashlib
+import statistics
 
 import torch
 from tqdm.auto import tqdm
 
 from rlaif.config import GenerateConfig
-
-
-def derive_seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "big")
+from rlaif.run import RunContext, say
+from rlaif.rundir import read_jsonl, sha256_dir, write_jsonl
+from rlaif.seeds import derive_seed
 
 
 def chat_prefix(tokenizer, prompt: str) -> str:
@@ -103,3 +102,29 @@ def response_logprobs(model, tokenizer, prompt_texts: list[str], responses: list
         for i, n in enumerate(lens):
             out.append(logp[i, keep - 1 - n :].sum().item())
     return out
+
+
+def run(ctx: RunContext, n: int) -> dict:
+    """The generate stage: round n's policy writes K candidates per prompt, scored under policy and base."""
+    prompts = read_jsonl(ctx.run.path(n, "prompts.jsonl"))
+    model, adapter = ctx.load_policy(n)
+    say(f"round {n}: policy = base" + (f" + {ctx.rel(adapter)}" if adapter else ""))
+    rows = generate_candidates(model, ctx.tokenizer, prompts, ctx.recipe.generate, ctx.seed(n, "generate"))
+    text_of = {p["id"]: p["prompt"] for p in prompts}
+    args = (ctx.tokenizer, [text_of[r["prompt_id"]] for r in rows], [r["text"] for r in rows])
+    policy = response_logprobs(model, *args)
+    base = response_logprobs(ctx.load_base(), *args) if adapter else policy
+    for row, lp, lb in zip(rows, policy, base):
+        row["logp_policy"], row["logp_base"] = lp, lb
+    write_jsonl(ctx.run.path(n, "candidates.jsonl"), rows)
+    lengths = [r["num_tokens"] for r in rows]
+    return {
+        "candidates": len(rows),
+        "mean_tokens": statistics.fmean(lengths),
+        "std_tokens": statistics.pstdev(lengths),
+        "truncated_share": sum(r["truncated"] for r in rows) / len(rows),
+        "empty_share": sum(not r["text"] for r in rows) / len(rows),
+        "kl_to_base_estimate": statistics.fmean(r["logp_policy"] - r["logp_base"] for r in rows),
+        "policy_adapter": ctx.rel(adapter),
+        "policy_adapter_sha256": sha256_dir(adapter) if adapter else None,
+    }

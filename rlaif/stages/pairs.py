@@ -38,10 +38,13 @@ Everything set aside or dropped is counted by reason and written next to the kep
 
 import hashlib
 import math
+import statistics
 from collections import Counter
 
 from rlaif.config import PairsConfig
 from rlaif.judging.rank import win_matrix
+from rlaif.run import RunContext
+from rlaif.rundir import read_jsonl, write_jsonl
 
 
 def _exclusion(c: dict, better_texts: set[str], cfg: PairsConfig) -> str | None:
@@ -183,3 +186,16 @@ def _anchor(prompt: dict, eligible: list[int], cands: dict, pairs: list, dropped
         return
     counts[f"anchor_{reason}"] += 1
     dropped.append({**row, "reason": f"anchor_{reason}"})
+
+
+def run(ctx: RunContext, n: int) -> dict:
+    """The pairs stage: the judged, ranked candidates of round n become the round's training pairs."""
+    prompts, candidates, verdicts, rankings = (
+        read_jsonl(ctx.run.path(n, name)) for name in ("prompts.jsonl", "candidates.jsonl", "verdicts.jsonl", "rankings.jsonl")
+    )
+    pairs, dropped, counts = build_pairs(prompts, candidates, verdicts, rankings, ctx.recipe.pairs, ctx.recipe.run.seed, n)
+    write_jsonl(ctx.run.path(n, "pairs.jsonl"), pairs)
+    write_jsonl(ctx.run.path(n, "pairs_dropped.jsonl"), dropped)
+    judged = [p["margin"] for p in pairs if p["source"] == "judge"]  # anchor pairs have no judge margin
+    counts["mean_margin_kept"] = statistics.fmean(judged) if judged else None
+    return counts

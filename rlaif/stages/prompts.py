@@ -20,6 +20,8 @@ from typing import Any
 
 from rlaif.config import PromptsConfig
 from rlaif.errors import RlaifError
+from rlaif.run import RunContext
+from rlaif.rundir import write_jsonl
 
 
 @dataclass
@@ -200,3 +202,12 @@ def select_round(pool: PromptPool, tokenizer, round_n: int, per_round: int, max_
         chosen.append(fitting[order[offset]])
     counts["selected"] = len(chosen)
     return chosen, counts
+
+
+def run(ctx: RunContext, n: int) -> dict:
+    """The prompts stage: draw round n's training prompts (never a held-out one)."""
+    cfg = ctx.recipe.prompts
+    chosen, counts = select_round(load_pool(cfg), ctx.tokenizer, n, cfg.per_round, cfg.max_prompt_tokens,
+                                  ctx.recipe.run.seed)
+    write_jsonl(ctx.run.path(n, "prompts.jsonl"), chosen)
+    return counts

@@ -1,7 +1,6 @@
 """Stage 5, train: TRL's DPOTrainer updates a peft LoRA adapter on the round's pairs.
 
-The helpers here (base model, LoRA set-up across rounds, saving, how far the adapter moved) are
-shared with the on-policy RL path in :mod:`rlaif.stages.train_rl`.
+The LoRA set-up across rounds lives in :mod:`rlaif.lora` (shared with :mod:`rlaif.stages.train_rl`).
 
 rlaif wraps the trainer; it does not reimplement DPO (Rafailov et al. 2023). What we decide:
 
@@ -16,20 +15,19 @@ rlaif wraps the trainer; it does not reimplement DPO (Rafailov et al. 2023). Wha
   responses. The adapter's distance from where the round started is recorded too.
 """
 
-import math
 import shutil
-from pathlib import Path
 
-import torch
+from datasets import Dataset
+from trl import DPOTrainer
 
-from rlaif.rundir import commit_dir
-from rlaif.config import Recipe, build_lora_config, build_trl_config
+from rlaif.config import build_trl_config
+from rlaif.lora import adapter_distance, make_trainer, save_adapter, trainable_state
+from rlaif.run import RunContext, say
+from rlaif.rundir import TMP_MARK, commit_dir, read_jsonl, sha256_dir, write_jsonl
 
 
 def to_dataset(pairs: list[dict]):
     """Conversational preference rows for TRL: the chat template is applied by the trainer."""
-    from datasets import Dataset
-
     return Dataset.from_list(
         [
             {
@@ -42,64 +40,40 @@ def to_dataset(pairs: list[dict]):
     )
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def adapter_distance(model, before: dict[str, torch.Tensor]) -> float:
-    """L2 distance of the trainable (LoRA) weights from a snapshot."""
-    return math.sqrt(sum(((p.detach() - before[n]) ** 2).sum().item() for n, p in model.named_parameters() if n in before))
-
-
-def make_trainer(trainer_cls, recipe: Recipe, model_path: str, start_adapter: Path | None, **kwargs):
-    """A TRL trainer on a LoRA adapter, started from ``start_adapter`` (None: a fresh adapter).
-
-    With ``train.reference: base`` TRL gets the base model plus a LoRA config, so its reference is
-    the adapter-disabled base, and the previous round's weights are loaded into the fresh adapter.
-    With ``previous`` TRL gets a trainable PeftModel and keeps a frozen copy as its "ref" adapter.
-    """
-    from peft import PeftModel
-    from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=torch.float32, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code
-    )
-    if recipe.train.reference == "previous" and start_adapter is not None:
-        model = PeftModel.from_pretrained(base, str(start_adapter), is_trainable=True)
-        return trainer_cls(model=model, **kwargs)
-    trainer = trainer_cls(model=base, peft_config=build_lora_config(recipe), **kwargs)
-    if start_adapter is not None:
-        state = load_file(str(Path(start_adapter) / "adapter_model.safetensors"))
-        result = set_peft_model_state_dict(trainer.model, state, adapter_name="default")
-        if getattr(result, "unexpected_keys", None):
-            raise RuntimeError(f"adapter of {start_adapter} does not fit this LoRA config: {result.unexpected_keys[:3]}")
-    return trainer
-
-
-def save_adapter(trainer, out_dir: Path) -> None:
-    """The trained adapter only (not TRL's frozen "ref" copy), committed atomically."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp-train")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])
-    commit_dir(tmp, out_dir)
-
-
 def _eval_metrics(trainer) -> dict:
     out = trainer.evaluate()
     keep = ("eval_loss", "eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen", "eval_rewards/rejected")
     return {k.removeprefix("eval_"): out[k] for k in keep if k in out}
 
 
-def train_dpo(recipe: Recipe, model_path: str, tokenizer, pairs: list[dict], start_adapter: Path | None, out_dir: Path, work_dir: Path):
-    """Train one round's adapter and save it to ``out_dir`` (atomically). Returns (metrics, log_history)."""
-    from trl import DPOTrainer
+def run(ctx: RunContext, n: int) -> dict:
+    """The train stage of a DPO round: the round's pairs train the adapter that round n+1 starts from."""
+    pairs = read_jsonl(ctx.run.path(n, "pairs.jsonl"))
+    start = ctx.policy_adapter(n)
+    out = ctx.run.adapter(n)
+    if not pairs:
+        say(f"round {n}: no preference pairs survived the filters; the policy is carried over unchanged")
+        if start is not None:
+            tmp = out.with_name(out.name + TMP_MARK + "copy")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(start, tmp)
+            commit_dir(tmp, out)
+        write_jsonl(ctx.run.path(n, "train_log.jsonl"), [])
+        return {"pairs": 0, "skipped": "no pairs", "start_adapter": ctx.rel(start)}
+    work = ctx.run.round_dir(n) / f"trainer{TMP_MARK}work"
+    metrics, history = train_dpo(ctx, pairs, start, out, work)
+    shutil.rmtree(work, ignore_errors=True)
+    write_jsonl(ctx.run.path(n, "train_log.jsonl"), history)
+    return {**metrics, "start_adapter": ctx.rel(start), "adapter_sha256": sha256_dir(out)}
 
+
+def train_dpo(ctx: RunContext, pairs: list[dict], start_adapter, out_dir, work_dir):
+    """Train one round's adapter and save it to ``out_dir`` (atomically). Returns (metrics, log_history)."""
+    recipe, tokenizer = ctx.recipe, ctx.tokenizer
     dataset = to_dataset(pairs)
     tokenizer.padding_side = "left"
     trainer = make_trainer(
-        DPOTrainer, recipe, model_path, start_adapter, args=build_trl_config(recipe, "dpo", work_dir),
+        DPOTrainer, ctx, start_adapter, build_trl_config(recipe, "dpo", work_dir),
         train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer,
     )
     before_state = trainable_state(trainer.model)

@@ -27,15 +27,21 @@ What is ours, and where it deviates:
 
 import math
 import resource
+import shutil
 import statistics
 import time
 from pathlib import Path
 
-from rlaif.config import Recipe, build_trl_config
+import trl
+from datasets import Dataset
+
+from rlaif.config import build_trl_config
 from rlaif.judging.constitution import Constitution
-from rlaif.judging.judges import PairJudge, judge_candidates
+from rlaif.judging.judges import PairJudge, build_judge, judge_candidates
 from rlaif.judging.rank import mean_wins, win_matrix
-from rlaif.stages.train_dpo import adapter_distance, make_trainer, save_adapter, trainable_state
+from rlaif.lora import adapter_distance, make_trainer, save_adapter, trainable_state
+from rlaif.run import RunContext, say
+from rlaif.rundir import TMP_MARK, read_jsonl, sha256_dir, write_jsonl
 
 
 def _text(completion) -> str:
@@ -101,8 +107,6 @@ class JudgeReward:
 
 
 def to_prompt_dataset(prompts: list[dict]):
-    from datasets import Dataset
-
     return Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}], "prompt_id": p["id"]} for p in prompts])
 
 
@@ -114,25 +118,43 @@ def _mean_logged(history: list[dict], *keys: str) -> float | None:
     return None
 
 
-def train_rl(recipe: Recipe, model_path: str, tokenizer, prompts: list[dict], judge, constitution: Constitution,
-             start_adapter: Path | None, out_dir: Path, work_dir: Path, seed: int):
+def run(ctx: RunContext, n: int) -> dict:
+    """The train stage of a GRPO/RLOO round: sample, judge and update inside TRL's trainer."""
+    recipe, cfg = ctx.recipe, ctx.recipe.judge
+    prompts = read_jsonl(ctx.run.path(n, "prompts.jsonl"))
+    start = ctx.policy_adapter(n)
+    if cfg.model == "policy" and recipe.train.rl_judge == "live":
+        judge_adapter, judge = "live", None
+    else:
+        model, tokenizer, adapter = ctx.load_judge(n)
+        judge_adapter, judge = ctx.rel(adapter), build_judge(cfg, model, tokenizer, ctx.constitution)
+    say(f"round {n}: {recipe.train.method} from " + (ctx.rel(start) or "a fresh adapter")
+        + f", judge = {judge_adapter or cfg.model}")
+    work = ctx.run.round_dir(n) / f"trainer{TMP_MARK}work"
+    metrics, history, records = train_rl(ctx, prompts, judge, start, ctx.run.adapter(n), work, ctx.seed(n, "judge"))
+    shutil.rmtree(work, ignore_errors=True)
+    write_jsonl(ctx.run.path(n, "completions.jsonl"), records)
+    write_jsonl(ctx.run.path(n, "train_log.jsonl"), history)
+    return {**metrics, "start_adapter": ctx.rel(start), "judge_adapter": judge_adapter,
+            "adapter_sha256": sha256_dir(ctx.run.adapter(n))}
+
+
+def train_rl(ctx: RunContext, prompts: list[dict], judge, start_adapter: Path | None, out_dir: Path, work_dir: Path,
+             seed: int):
     """One round of GRPO or RLOO. ``judge`` None: judge with the adapter being trained (rl_judge=live).
 
     Returns (metrics, log_history, completion records).
     """
-    import trl
-
+    recipe, tokenizer, constitution = ctx.recipe, ctx.tokenizer, ctx.constitution
     method = recipe.train.method
     trainer_cls = trl.GRPOTrainer if method == "grpo" else trl.RLOOTrainer
     args = build_trl_config(recipe, method, work_dir)
     reward = JudgeReward(judge, constitution, args.num_generations, recipe.judge.principles, seed,
                          tokenizer.eos_token_id, recipe.train.truncation_penalty)
     tokenizer.padding_side = "left"
-    trainer = make_trainer(trainer_cls, recipe, model_path, start_adapter, reward_funcs=[reward], args=args,
+    trainer = make_trainer(trainer_cls, ctx, start_adapter, args, reward_funcs=[reward],
                            train_dataset=to_prompt_dataset(prompts), processing_class=tokenizer)
     if judge is None:
-        from rlaif.judging.judges import build_judge
-
         model = trainer.accelerator.unwrap_model(trainer.model)
         reward.judge = _LiveJudge(build_judge(recipe.judge, model, tokenizer, constitution), model)
     before = trainable_state(trainer.model)

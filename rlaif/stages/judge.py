@@ -1,0 +1,41 @@
+"""Stage 3, judge: a constitution-prompted copy of the model judges round n's candidates and ranks them.
+
+The judging machinery (modes, the prefix cache, ranking, reliability) lives in :mod:`rlaif.judging`;
+this stage only reads the round's files, asks the run context for the judge model, and writes the
+verdicts and rankings.
+"""
+
+from rlaif.judging.judges import build_judge, judge_candidates, verdict_metrics
+from rlaif.judging.rank import rank_all
+from rlaif.judging.reliability import reference_agreement, reliability_metrics
+from rlaif.run import RunContext
+from rlaif.rundir import read_jsonl, write_jsonl
+
+
+def run(ctx: RunContext, n: int) -> dict:
+    cfg = ctx.recipe.judge
+    prompts = read_jsonl(ctx.run.path(n, "prompts.jsonl"))
+    candidates = read_jsonl(ctx.run.path(n, "candidates.jsonl"))
+    model, tokenizer, adapter = ctx.load_judge(n)
+    judge = build_judge(cfg, model, tokenizer, ctx.constitution)
+    seed = ctx.seed(n, "judge")
+    verdicts = judge_candidates(judge, ctx.constitution, prompts, candidates, cfg.principles, seed)
+    rankings = rank_all(candidates, verdicts)
+    write_jsonl(ctx.run.path(n, "verdicts.jsonl"), verdicts)
+    write_jsonl(ctx.run.path(n, "rankings.jsonl"), rankings)
+    lengths = {(c["prompt_id"], c["candidate"]): c["num_tokens"] for c in candidates}
+    metrics = {**verdict_metrics(verdicts), **reliability_metrics(verdicts, lengths)}
+    if cfg.reference_agreement:
+        if cfg.model == "base" or (cfg.model == "policy" and adapter is None):
+            metrics["reference_agreement"] = 1.0  # the judge is the frozen base itself
+        else:
+            base = build_judge(cfg, ctx.load_base(), ctx.tokenizer, ctx.constitution)
+            reference = judge_candidates(base, ctx.constitution, prompts, candidates, cfg.principles, seed)
+            metrics["reference_agreement"] = reference_agreement(verdicts, reference)
+    return {
+        **metrics,
+        "mode": cfg.mode,
+        "judge_model": cfg.model,
+        "judge_adapter": ctx.rel(adapter),
+        "constitution": ctx.constitution.name,
+    }
