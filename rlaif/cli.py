@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             return run_eval(args)
         if args.command == "report":
-            from rlaif.reporting.report import report_files, write_report
+            from rlaif.reporting.markdown import report_files, write_report
 
             write_report(args.run)
             for path in report_files(args.run):

@@ -7,7 +7,6 @@ stage that was interrupted and then continues. The stage functions hold no globa
 is loaded per stage, ~1 s after the one-time conversion), which keeps them ready to be sharded later.
 """
 
-import math
 import shutil
 import statistics
 import sys
@@ -20,6 +19,7 @@ from rlaif import rundir as artifacts
 from rlaif.rundir import RunDir, read_json, read_jsonl, sha256_dir, write_json, write_jsonl
 from rlaif.config import Recipe
 from rlaif.judging.constitution import load_constitution
+from rlaif.reporting.fmt import fmt
 from rlaif.errors import RlaifError
 
 
@@ -269,20 +269,16 @@ STAGE_FUNCS = {
 
 def round_summary(m: dict) -> str:
     """One line of a round's headline numbers."""
-
-    def f(x, spec=".2f"):
-        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
     t = m.get("train", {})
     if "pairs" in m:
         j = m.get("judge", {})
-        order = (f"order agreement {f(j.get('order_agreement'))}, P(first shown) {f(j.get('position_bias_p_first'))}"
-                 if j.get("mode") != "pointwise" else f"mean |P-0.5| {f(j.get('mean_margin'), '.3f')}")
+        order = (f"order agreement {fmt(j.get('order_agreement'))}, P(first shown) {fmt(j.get('position_bias_p_first'))}"
+                 if j.get("mode") != "pointwise" else f"mean |P-0.5| {fmt(j.get('mean_margin'), '.3f')}")
         return (f"{m['pairs'].get('kept', 0)} pairs kept, {m['pairs'].get('dropped', 0)} dropped; "
                 f"{j.get('mode', 'pairwise')} judge {order}; "
-                f"DPO reward margin {f(t.get('reward_margin_before'))} -> {f(t.get('reward_margin_after'))}")
-    return (f"reward {f(t.get('reward_mean'))} ± {f(t.get('reward_std'))}, KL {f(t.get('kl'), '.4f')}, "
-            f"clip fraction {f(t.get('clip_fraction'), '.3f')}, {f(t.get('seconds_per_step'), '.1f')} s/step")
+                f"DPO reward margin {fmt(t.get('reward_margin_before'))} -> {fmt(t.get('reward_margin_after'))}")
+    return (f"reward {fmt(t.get('reward_mean'))} ± {fmt(t.get('reward_std'))}, KL {fmt(t.get('kl'), '.4f')}, "
+            f"clip fraction {fmt(t.get('clip_fraction'), '.3f')}, {fmt(t.get('seconds_per_step'), '.1f')} s/step")
 
 
 def run_stage(s: Session, n: int, stage: str) -> dict:
