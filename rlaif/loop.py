@@ -33,6 +33,7 @@ class Session:
 
     recipe: Recipe
     run: RunDir = field(init=False)
+    tracker: object = field(default=None, init=False)  # rlaif run's W&B Tracker: the trainers log to it too
 
     def __post_init__(self):
         self.run = RunDir(self.recipe.run.output_dir)
@@ -215,7 +216,8 @@ def stage_train(s: Session, n: int) -> dict:
         write_jsonl(s.run.path(n, "train_log.jsonl"), [])
         return {"pairs": 0, "skipped": "no pairs", "start_adapter": _rel(s.run, start)}
     work = s.run.round_dir(n) / f"trainer{artifacts.TMP_MARK}work"
-    metrics, history = train_dpo(s.recipe, s.model_path, s.tokenizer, pairs, start, out, work)
+    callbacks = [s.tracker.trainer_callback(n)] if s.tracker is not None else None
+    metrics, history = train_dpo(s.recipe, s.model_path, s.tokenizer, pairs, start, out, work, callbacks)
     shutil.rmtree(work, ignore_errors=True)
     write_jsonl(s.run.path(n, "train_log.jsonl"), history)
     return {**metrics, "start_adapter": _rel(s.run, start), "adapter_sha256": sha256_dir(out)}
@@ -241,7 +243,7 @@ def stage_train_rl(s: Session, n: int) -> dict:
     work = s.run.round_dir(n) / f"trainer{artifacts.TMP_MARK}work"
     metrics, history, records = train_rl(
         s.recipe, s.model_path, s.tokenizer, prompts, judge, s.constitution, start, s.run.adapter(n), work,
-        s.seed(n, "judge"),
+        s.seed(n, "judge"), [s.tracker.trainer_callback(n)] if s.tracker is not None else None,
     )
     shutil.rmtree(work, ignore_errors=True)
     write_jsonl(s.run.path(n, "completions.jsonl"), records)
@@ -400,7 +402,7 @@ def run_all(recipe: Recipe) -> tuple[RunDir, dict]:
     with s.run.lock():
         s.run.clean_tmp()
         manifest = open_manifest(s)
-        tracker = Tracker(recipe.wandb, s.run.root, manifest.get("wandb_run_id"), manifest["recipe"])
+        tracker = s.tracker = Tracker(recipe.wandb, s.run.root, manifest.get("wandb_run_id"), manifest["recipe"])
         if tracker.run_id and tracker.run_id != manifest.get("wandb_run_id"):
             manifest["wandb_run_id"] = tracker.run_id
             write_json(s.run.manifest_path, manifest)

@@ -92,15 +92,19 @@ def _eval_metrics(trainer) -> dict:
     return {k.removeprefix("eval_"): out[k] for k in keep if k in out}
 
 
-def train_dpo(recipe: Recipe, model_path: str, tokenizer, pairs: list[dict], start_adapter: Path | None, out_dir: Path, work_dir: Path):
-    """Train one round's adapter and save it to ``out_dir`` (atomically). Returns (metrics, log_history)."""
+def train_dpo(recipe: Recipe, model_path: str, tokenizer, pairs: list[dict], start_adapter: Path | None, out_dir: Path,
+              work_dir: Path, callbacks: list | None = None):
+    """Train one round's adapter and save it to ``out_dir`` (atomically). Returns (metrics, log_history).
+
+    ``callbacks``: transformers ``TrainerCallback``s for the trainer (e.g. the W&B forwarder of
+    :meth:`rlaif.reporting.tracking.Tracker.trainer_callback`)."""
     from trl import DPOTrainer
 
     dataset = to_dataset(pairs)
     tokenizer.padding_side = "left"
     trainer = make_trainer(
         DPOTrainer, recipe, model_path, start_adapter, args=build_trl_config(recipe, "dpo", work_dir),
-        train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer,
+        train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer, callbacks=callbacks,
     )
     before_state = trainable_state(trainer.model)
     before = _eval_metrics(trainer)

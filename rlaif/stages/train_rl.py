@@ -115,8 +115,9 @@ def _mean_logged(history: list[dict], *keys: str) -> float | None:
 
 
 def train_rl(recipe: Recipe, model_path: str, tokenizer, prompts: list[dict], judge, constitution: Constitution,
-             start_adapter: Path | None, out_dir: Path, work_dir: Path, seed: int):
+             start_adapter: Path | None, out_dir: Path, work_dir: Path, seed: int, callbacks: list | None = None):
     """One round of GRPO or RLOO. ``judge`` None: judge with the adapter being trained (rl_judge=live).
+    ``callbacks``: transformers ``TrainerCallback``s for the trainer (e.g. the W&B forwarder).
 
     Returns (metrics, log_history, completion records).
     """
@@ -129,7 +130,7 @@ def train_rl(recipe: Recipe, model_path: str, tokenizer, prompts: list[dict], ju
                          tokenizer.eos_token_id, recipe.train.truncation_penalty)
     tokenizer.padding_side = "left"
     trainer = make_trainer(trainer_cls, recipe, model_path, start_adapter, reward_funcs=[reward], args=args,
-                           train_dataset=to_prompt_dataset(prompts), processing_class=tokenizer)
+                           train_dataset=to_prompt_dataset(prompts), processing_class=tokenizer, callbacks=callbacks)
     if judge is None:
         from rlaif.judging.judges import build_judge
 
