@@ -154,8 +154,9 @@ class FakeRun:
 
     id = "fake"
 
-    def __init__(self):
-        self.logged, self.defined, self.summary = [], [], SimpleNamespace(update=self.fail)
+    def __init__(self, fails: bool = True):
+        self.logged, self.defined, self.fails, self.summarized = [], [], fails, {}
+        self.summary = SimpleNamespace(update=self.fail if fails else self.summarized.update)
 
     def define_metric(self, name, step_metric=None):
         self.defined.append((name, step_metric))
@@ -163,7 +164,8 @@ class FakeRun:
     def log(self, payload, **kwargs):
         assert not kwargs, "rlaif never passes step= (or anything else) to wandb.log"
         self.logged.append(payload)
-        raise wandb.errors.CommError("connection reset")
+        if self.fails:
+            raise wandb.errors.CommError("connection reset")
 
     def fail(self, *args):
         raise AssertionError("W&B was turned off: nothing more is sent")
@@ -186,6 +188,21 @@ def test_a_failing_log_turns_wandb_off_after_one_line(tmp_path, monkeypatch, cap
     assert fake.logged == [{"train/loss": 0.5, "train/step": 3, "train/round": 1}]
     assert capsys.readouterr().err == "[rlaif] W&B could not log (CommError: connection reset); continuing without W&B\n"
     assert tracker.run is None
+
+
+def test_rlaif_eval_logs_each_evaluated_round_against_eval_round(tmp_path, monkeypatch):
+    fake = FakeRun(fails=False)
+    monkeypatch.setattr(wandb, "init", lambda **kw: fake)
+    tracker = Tracker(WandbConfig(enabled=True, mode="offline"), tmp_path, None, {})
+    models = [{"name": "base", "round": 0, "win_rate_vs_base": None, "distinct_2": 0.8},
+              {"name": "round_001", "round": 1, "win_rate_vs_base": 0.6, "win_rate_vs_base_ci": [0.5, 0.7],
+               "distinct_2": 0.7},
+              {"name": "adapter_x", "round": None, "win_rate_vs_base": 0.55, "distinct_2": 0.75}]
+    tracker.log_eval({"models": models})
+    assert fake.logged[:2] == [{"eval/round": 0, "eval/distinct_2": 0.8},
+                               {"eval/round": 1, "eval/win_rate_vs_base": 0.6, "eval/distinct_2": 0.7}]
+    assert list(fake.logged[2]) == ["eval/table"] and len(fake.logged) == 3
+    assert fake.summarized["eval/adapter_x/win_rate_vs_base"] == 0.55
 
 
 def test_an_online_start_that_fails_continues_offline(tmp_path, monkeypatch, capsys):
