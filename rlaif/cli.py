@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             # the only late import: pandas and matplotlib add seconds (measured: 6-8 s cold on 2 cores)
             # to every other command
-            from rlaif.reporting.report import report_files, write_report
+            from rlaif.reporting.markdown import report_files, write_report
 
             write_report(args.run)
             for path in report_files(args.run):

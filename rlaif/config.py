@@ -222,7 +222,7 @@ class SafeguardsConfig:
 class WandbConfig:
     enabled: bool = _f(True, "Log to Weights & Biases.")
     mode: Literal["auto", "online", "offline"] = _f(
-        "auto", "`auto`: online when WANDB_API_KEY is set, otherwise offline."
+        "auto", "`auto`: WANDB_MODE if set, else online when WANDB_API_KEY is set, otherwise offline."
     )
     project: str = _f("rlaif", "W&B project.")
     entity: str | None = _f(None, "W&B entity (team or user).")

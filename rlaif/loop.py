@@ -9,7 +9,6 @@ conversion).
 """
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from rlaif.evaluation.safeguards import round_verdict, write_result
 from rlaif.judging.judges import label_token_ids
 from rlaif.models import load_tokenizer, resolve_model
 from rlaif.pipeline import Stage, later_stages, producers, stage_named, stages_for
+from rlaif.reporting.fmt import fmt
 from rlaif.reporting.tracking import Tracker, sample_rows
 from rlaif.run import SELF_JUDGES, RunContext, say
 from rlaif.rundir import RunDir, package_versions, read_json, sha256_dir, write_json
@@ -27,20 +27,16 @@ from rlaif.stages.prompts import load_pool
 
 def round_summary(m: dict) -> str:
     """One line of a round's headline numbers."""
-
-    def f(x, spec=".2f"):
-        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
     t = m.get("train", {})
     if "pairs" in m:
         j = m.get("judge", {})
-        order = (f"order agreement {f(j.get('order_agreement'))}, P(first shown) {f(j.get('position_bias_p_first'))}"
-                 if j.get("mode") != "pointwise" else f"mean |P-0.5| {f(j.get('mean_margin'), '.3f')}")
+        order = (f"order agreement {fmt(j.get('order_agreement'))}, P(first shown) {fmt(j.get('position_bias_p_first'))}"
+                 if j.get("mode") != "pointwise" else f"mean |P-0.5| {fmt(j.get('mean_margin'), '.3f')}")
         return (f"{m['pairs'].get('kept', 0)} pairs kept, {m['pairs'].get('dropped', 0)} dropped; "
                 f"{j.get('mode', 'pairwise')} judge {order}; "
-                f"DPO reward margin {f(t.get('reward_margin_before'))} -> {f(t.get('reward_margin_after'))}")
-    return (f"reward {f(t.get('reward_mean'))} ± {f(t.get('reward_std'))}, KL {f(t.get('kl'), '.4f')}, "
-            f"clip fraction {f(t.get('clip_fraction'), '.3f')}, {f(t.get('seconds_per_step'), '.1f')} s/step")
+                f"DPO reward margin {fmt(t.get('reward_margin_before'))} -> {fmt(t.get('reward_margin_after'))}")
+    return (f"reward {fmt(t.get('reward_mean'))} ± {fmt(t.get('reward_std'))}, KL {fmt(t.get('kl'), '.4f')}, "
+            f"clip fraction {fmt(t.get('clip_fraction'), '.3f')}, {fmt(t.get('seconds_per_step'), '.1f')} s/step")
 
 
 def check_inputs(ctx: RunContext, n: int, stage: Stage) -> None:
@@ -167,7 +163,7 @@ def run_all(recipe: Recipe) -> tuple[RunDir, dict]:
     with s.run.lock():
         s.run.clean_tmp()
         manifest = open_manifest(s)
-        tracker = Tracker(recipe.wandb, s.run.root, manifest.get("wandb_run_id"), manifest["recipe"])
+        tracker = s.tracker = Tracker(recipe.wandb, s.run.root, manifest.get("wandb_run_id"), manifest["recipe"])
         if tracker.run_id and tracker.run_id != manifest.get("wandb_run_id"):
             manifest["wandb_run_id"] = tracker.run_id
             write_json(s.run.manifest_path, manifest)

@@ -45,6 +45,11 @@ class RunContext:
         self.device = self.state.device
         self.dtype_name, self.dtype_reason = resolve_dtype(recipe.model.dtype, self.device)
         self.dtype = DTYPES[self.dtype_name]
+        self.tracker = None  # `rlaif run` sets its W&B tracker here; the trainers log their steps to it
+
+    def trainer_callbacks(self, n: int) -> list | None:
+        """TrainerCallbacks for round n's trainer: TRL's per-step logs go to the run's W&B tracker, if any."""
+        return [self.tracker.trainer_callback(n)] if self.tracker is not None else None
 
     # -- processes
     @property

@@ -11,13 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, tiny_recipe, write_recipe
 from PIL import Image
 
 from rlaif.cli import main
-from rlaif.reporting import report
+from rlaif.reporting import loaders, markdown, plots
+from rlaif.reporting.fmt import fmt
 from rlaif.rundir import read_jsonl, write_json, write_jsonl
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -105,7 +107,7 @@ def test_report_without_eval_says_how_to_get_it(runs, capsys):
     md = (out / "report.md").read_text()
     assert f"rlaif eval {run}" in md and "No `result.json`" in md
     assert "| 2 | yes |" in md
-    assert report.eval_table(run) is None and report.eval_responses(run) is None
+    assert loaders.eval_table(run) is None and loaders.eval_responses(run) is None
 
 
 @pytest.mark.parametrize("where", ["empty", "missing", "round"])
@@ -139,21 +141,21 @@ def test_report_of_an_rl_run_draws_reward_not_verdicts(tmp_path):
     write_json(run / "result.json", {"status": "stopped", "reason": "win rate vs previous 0.31 < 0.4",
                                      "stopped_after_round": 2, "best_round": 1, "adapter": "round_001/adapter",
                                      "rounds_completed": 2})
-    path = report.write_report(run)
+    path = markdown.write_report(run)
     assert sorted(p.stem for p in path.parent.glob("*.png")) == ["collapse", "training"]
     md = path.read_text()
     assert "**stopped** (win rate vs previous 0.31 < 0.4, after round 2)" in md
     assert "best round: 1 (adapter `round_001/adapter`)" in md
     assert "| round | complete | reward mean ± std | KL |" in md and "| 2 | yes | 0.2 ± 0.05 | 0.02 |" in md
     assert "GRPO/RLOO judge inside training" in md and "rlaif eval" in md
-    assert list(report.train_log(run)["global_step"]) == [1, 2, 3, 4]
-    rnd = report.load_round(run, 1)
+    assert list(loaders.train_log(run)["global_step"]) == [1, 2, 3, 4]
+    rnd = loaders.load_round(run, 1)
     assert rnd.verdicts.empty and list(rnd.candidates["reward"]) == [0.1, 0.1]
 
 
 def test_loaders_join_ranks_pairs_and_eval(runs):
     run, _ = runs
-    rnd = report.load_round(run, 1)
+    rnd = loaders.load_round(run, 1)
     c, pairs = rnd.candidates, read_jsonl(run / "round_001/pairs.jsonl")
     assert len(c) == 12 and {"prompt", "rank", "strength", "mean_win", "chosen", "rejected"} <= set(c.columns)
     for p in pairs:
@@ -163,23 +165,23 @@ def test_loaders_join_ranks_pairs_and_eval(runs):
         assert rows.loc[p["chosen_candidate"], "rank"] == 0  # best vs worst
     assert c["chosen"].sum() == len(pairs)
     assert len(rnd.verdicts) == 12 and (rnd.verdicts["round"] == 1).all() and rnd.metrics["judge"]["mode"] == "pairwise"
-    table = report.round_table(run)
+    table = loaders.round_table(run)
     assert list(table["round"]) == [1, 2] and table["complete"].all()
     assert (table["train.reward_margin_after"] > table["train.reward_margin_before"]).all()
     assert "train.reward_mean" not in table  # DPO run: no RL columns
-    evals = report.eval_table(run)
+    evals = loaders.eval_table(run)
     assert list(evals["name"]) == ["base", "round_001", "round_002"]
     assert math.isnan(evals.loc[0, "win_rate_vs_base_lo"]) and evals.loc[1, "win_rate_vs_base_hi"] == 0.67
-    assert set(report.eval_responses(run)["model"]) == {"base", "round_001", "round_002"}
-    assert len(report.eval_comparisons(run)) == 3 * 4
-    assert report.train_log(run)["global_step"].is_monotonic_increasing
+    assert set(loaders.eval_responses(run)["model"]) == {"base", "round_001", "round_002"}
+    assert len(loaders.eval_comparisons(run)) == 3 * 4
+    assert loaders.train_log(run)["global_step"].is_monotonic_increasing
 
 
 def test_pointwise_verdicts_plot_score_distribution():
     v = pd.DataFrame({"round": [1, 1], "prompt_id": ["p", "p"], "i": [0, 0], "j": [1, 2], "score_i": [2.0, 2.0],
                       "score_j": [3.0, 1.0], "p_i": [0.4, 0.6], "p_a_ij": [math.nan] * 2, "p_a_ji": [math.nan] * 2,
                       "p_first": [math.nan] * 2, "failed": [False, False]})
-    fig = report.plot_position_bias(v)
+    fig = plots.plot_position_bias(v)
     assert fig.axes[0].get_title() == "Pointwise judge: score distribution"
     assert fig.axes[0].patches  # the histogram is drawn
 
@@ -193,17 +195,25 @@ def test_an_outside_adapter_is_tabled_but_not_plotted(tmp_path):
         {"name": "base", "round": 0, "adapter": None, **none},
         {"name": "adapter_89fca6cc", "round": None, "adapter": "/elsewhere", **none,
          "win_rate_vs_base": 0.6, "win_rate_vs_base_ci": [0.5, 0.7]}]})
-    evals = report.eval_table(tmp_path)
+    evals = loaders.eval_table(tmp_path)
     assert list(evals["name"]) == ["base", "adapter_89fca6cc"] and evals.loc[1, "win_rate_vs_base_hi"] == 0.7
-    assert report.plot_win_rates(evals).axes[0].texts[0].get_text() == "no evaluated rounds"
-    assert list(report.collapse_frame(evals)["round"]) == [0]
-    md = report.write_report(tmp_path).read_text()
+    assert plots.plot_win_rates(evals).axes[0].texts[0].get_text() == "no evaluated rounds"
+    assert list(plots.collapse_frame(evals)["round"]) == [0]
+    md = markdown.write_report(tmp_path).read_text()
     assert "| adapter_89fca6cc | – | 0.60 [0.50, 0.70] | – |" in md and "No rounds yet." in md
 
 
-def test_report_module_leaves_matplotlib_unimported():
-    code = "import sys, rlaif, rlaif.cli, rlaif.reporting.report; assert 'matplotlib' not in sys.modules"
+def test_loaders_leave_matplotlib_and_fmt_leaves_pandas_unimported():
+    code = "import sys, rlaif, rlaif.cli, rlaif.reporting.loaders; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    code = ("import sys, rlaif.reporting.fmt; "
+            "assert not {'pandas', 'matplotlib', 'numpy'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_fmt_is_the_one_number_format():
+    assert [fmt(None), fmt(math.nan), fmt(np.float32("nan")), fmt(np.float64(0.125), ".2f")] == ["–", "–", "–", "0.12"]
+    assert [fmt(True), fmt(np.bool_(False)), fmt(3, ".0f"), fmt(0.0412, ".3g"), fmt("dpo")] == ["yes", "no", "3", "0.0412", "dpo"]
 
 
 def test_judge_pair_returns_both_orders(tiny_model):
@@ -223,7 +233,7 @@ def test_judge_pair_returns_both_orders(tiny_model):
     assert judge_pair(model, tok, "What is 2+2?", "4", "5", principle="honest")["principle"].startswith("Choose")
     scored = judge_pair(model, tok, "What is 2+2?", "4", "It is five.", mode="pointwise")
     assert math.isfinite(scored["score_a"]) and math.isfinite(scored["p_i"]) and len(scored["probs_a"]) == 6
-    assert report.plot_pair(v).axes and report.plot_pair(scored).axes
+    assert plots.plot_pair(v).axes and plots.plot_pair(scored).axes
 
 
 def test_notebooks_run_end_to_end(runs, tiny_model, monkeypatch):

@@ -38,6 +38,7 @@ from rlaif.config import Recipe
 from rlaif.errors import RlaifError
 from rlaif.evaluation import checks as checkers
 from rlaif.judging.judges import build_judge, judge_candidates
+from rlaif.reporting.fmt import MISSING, fmt
 from rlaif.run import RunContext, say
 from rlaif.rundir import read_json, read_jsonl, sha256_dir, write_json, write_jsonl
 from rlaif.seeds import derive_seed
@@ -378,23 +379,20 @@ def evaluate_round(ctx: RunContext, n: int) -> dict:
 def format_table(results: dict) -> str:
     """The results as a plain-text table, one row per model."""
 
-    def f(x, spec=".2f"):
-        return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
     def ci(row, key):
         if row.get(key) is None:
-            return "—"
+            return MISSING
         lo, hi = row[f"{key}_ci"]
-        return f"{f(row[key])} [{f(lo)}, {f(hi)}]"
+        return f"{fmt(row[key])} [{fmt(lo)}, {fmt(hi)}]"
 
     head = ["model", "win vs base [95% CI]", "win vs prev [95% CI]", "IF prompts", "IF constraints",
             "distinct-2", "self-sim", "tokens (sd)", "truncated", "KL"]
     lines = [head]
     for r in results["models"]:
         lines.append([r["name"], ci(r, "win_rate_vs_base"), ci(r, "win_rate_vs_previous"),
-                      f(r["if_prompt_accuracy"]), f(r["if_constraint_accuracy"]), f(r["distinct_2"]),
-                      f(r["self_similarity"]), f"{f(r['mean_tokens'], '.1f')} ({f(r['std_tokens'], '.1f')})",
-                      f(r["truncated_share"]), f(r["kl_to_base"], ".3f")])
+                      fmt(r["if_prompt_accuracy"]), fmt(r["if_constraint_accuracy"]), fmt(r["distinct_2"]),
+                      fmt(r["self_similarity"]), f"{fmt(r['mean_tokens'], '.1f')} ({fmt(r['std_tokens'], '.1f')})",
+                      fmt(r["truncated_share"]), fmt(r["kl_to_base"], ".3f")])
     widths = [max(len(row[c]) for row in lines) for c in range(len(head))]
     text = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in lines]
     text.insert(1, "-+-".join("-" * w for w in widths))

@@ -1,17 +1,43 @@
-"""Weights & Biases tracking: one W&B run per run folder, one step per round.
+"""Weights & Biases tracking: one W&B run per run folder, started on the main process only.
 
-Online when ``WANDB_API_KEY`` is set (or ``wandb.mode: online``), offline otherwise, so a run on a
-machine without network still keeps its charts (``wandb sync`` uploads them later). The W&B run id is
-kept in the manifest, so a resumed run appends to the same W&B run. ``wandb.enabled: false`` turns it
-off.
+Each family of charts has its own x-axis (``define_metric``), and rlaif never passes ``step=`` to
+``wandb.log``, so later rounds, a resumed run and ``rlaif eval`` never log against each other's steps:
+
+- ``round/<stage>/<key>`` against ``round``: each round's ``metrics.json``, once the round is complete;
+- ``train/<key>`` against ``train/step``: TRL's own log lines (loss, ``rewards/margins``, ``reward``,
+  ``kl``, DPO's before/after evaluation as ``train/eval_<key>``), forwarded while the trainer runs by
+  :meth:`Tracker.trainer_callback`. ``train/step`` continues across rounds: round n's optimizer steps
+  come after those of rounds 1..n−1, counted from their ``train_log.jsonl``, so a resumed run goes on
+  where the finished rounds stopped;
+- ``eval/<key>`` against ``eval/round`` (0 = base): ``rlaif eval``'s metrics per evaluated round.
+
+TRL's ``report_to="wandb"`` stays off: transformers' ``WandbCallback`` would start or take over the
+run with its own step axis, once per round.
+
+Mode: ``wandb.mode: auto`` follows the environment's ``WANDB_MODE`` when it is set, else online when
+``WANDB_API_KEY`` is set, offline otherwise (``wandb sync`` uploads an offline run later); ``online``
+or ``offline`` in the recipe is used as written. The W&B run id is kept in the manifest, so a resumed
+run appends to the same W&B run. ``wandb.enabled: false`` turns it off.
+
+W&B is never worth a run: any exception from W&B (at start, while logging, at finish) is reported as
+one line on stderr, and W&B stays off for the rest of the command. A run that cannot start online
+(no network, a rejected key) is started offline instead.
 """
 
 import math
 import os
+import sys
+from contextlib import contextmanager, suppress
 from pathlib import Path
+
+import wandb
+from accelerate import PartialState
+from transformers import TrainerCallback
 
 from rlaif.config import WandbConfig
 from rlaif.rundir import RunDir, read_jsonl
+
+STEP_METRICS = {"round": "round/*", "train/step": "train/*", "eval/round": "eval/*"}
 
 
 def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
@@ -28,63 +54,146 @@ def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def resolve_mode(mode: str) -> str:
+    """The mode to start W&B in: the recipe's ``online``/``offline`` as written; ``auto``: the environment's
+    ``WANDB_MODE`` when set (it wins), else online when ``WANDB_API_KEY`` is set, else offline."""
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE", "").strip()
+    if env:
+        return env
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def train_steps_before(run: RunDir, n: int) -> int:
+    """Optimizer steps of rounds 1..n−1, from their ``train_log.jsonl`` (TRL stamps each line with its step)."""
+    total = 0
+    for k in range(1, n):
+        path = run.path(k, "train_log.jsonl")
+        if path.is_file():
+            total += max((int(row.get("step", 0)) for row in read_jsonl(path)), default=0)
+    return total
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
 class Tracker:
+    """The run folder's W&B run, or nothing (W&B off, a non-main process, or W&B failed): every method is
+    then a no-op."""
+
     def __init__(self, cfg: WandbConfig, run_dir: Path, run_id: str | None, config: dict):
         self.run = None
-        if not cfg.enabled:
+        self.folder = RunDir(run_dir)
+        if not cfg.enabled or not PartialState().is_main_process:
             return
-        import wandb
+        self.run = self._start(resolve_mode(cfg.mode), {
+            "project": cfg.project, "entity": cfg.entity, "name": cfg.name or Path(run_dir).name,
+            "tags": cfg.tags or None, "id": run_id, "resume": "allow", "dir": str(run_dir), "config": config})
+        if self.run is not None:
+            with self._guard("could not set up its charts"):
+                for step, family in STEP_METRICS.items():
+                    self.run.define_metric(step)
+                    self.run.define_metric(family, step_metric=step)
 
-        mode = cfg.mode
-        if mode == "auto":
-            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-        self.run = wandb.init(
-            project=cfg.project,
-            entity=cfg.entity,
-            name=cfg.name or Path(run_dir).name,
-            tags=cfg.tags or None,
-            id=run_id,
-            resume="allow",
-            dir=str(run_dir),
-            mode=mode,
-            config=config,
-        )
+    def _start(self, mode: str, kwargs: dict):
+        """``wandb.init``; an online start that fails is retried offline. None (and one line) if W&B cannot start."""
+        try:
+            return wandb.init(mode=mode, **kwargs)
+        except Exception as exc:  # noqa: BLE001 (whatever W&B raises, the run goes on)
+            first = exc
+        if mode == "online":
+            with suppress(Exception):  # a failed offline start is reported below, with the first error
+                run = wandb.init(mode="offline", **kwargs)
+                _say(f"W&B could not start online ({_one_line(first)}); logging offline to "
+                     f"{Path(kwargs['dir']) / 'wandb'} instead (`wandb sync` uploads it later)")
+                return run
+        self._off("could not start", first)
+        return None
+
+    def _off(self, what: str, exc: BaseException) -> None:
+        _say(f"W&B {what} ({_one_line(exc)}); continuing without W&B")
+        self.run = None
+
+    @contextmanager
+    def _guard(self, what: str):
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 (any failure inside W&B: the run goes on without it)
+            self._off(what, exc)
 
     @property
     def run_id(self) -> str | None:
         return self.run.id if self.run is not None else None
 
+    def _log(self, payload: dict) -> None:
+        if self.run is not None:
+            with self._guard("could not log"):
+                self.run.log(payload)
+
     def log_round(self, round_n: int, metrics: dict, samples: list[dict] | None = None) -> None:
-        """The round's metrics as charts (one step per round), and a table of a few prompts' samples."""
+        """The round's metrics as ``round/<stage>/<key>`` against ``round``, and a table of a few prompts' samples."""
         if self.run is None:
             return
-        import wandb
+        with self._guard("could not log"):
+            payload = {"round": round_n, **flatten(metrics, "round/")}
+            if samples:
+                payload["samples"] = wandb.Table(columns=list(samples[0]), data=[list(r.values()) for r in samples])
+            self.run.log(payload)
 
-        payload = {"round": round_n, **flatten(metrics)}
-        if samples:
-            payload["samples"] = wandb.Table(columns=list(samples[0]), data=[list(r.values()) for r in samples])
-        self.run.log(payload, step=round_n)
+    def log_train(self, round_n: int, step: int, logs: dict) -> None:
+        """One TRL log line as ``train/<key>`` at ``train/step`` = ``step``."""
+        self._log({**flatten(logs, "train/"), "train/step": step, "train/round": round_n})
+
+    def trainer_callback(self, round_n: int) -> TrainerCallback:
+        """A transformers ``TrainerCallback`` for round ``round_n``'s trainer: each TRL log line goes to this
+        run, at ``train/step`` = the optimizer steps of earlier rounds + the trainer's global step."""
+        return TrainLogForwarder(self, round_n, train_steps_before(self.folder, round_n) if self.run else 0)
 
     def log_eval(self, results: dict) -> None:
-        """``rlaif eval``'s table (one row per model) and its numbers in the run summary."""
+        """``rlaif eval``: each evaluated round's metrics against ``eval/round``, the table (one row per model)
+        and the numbers in the run summary."""
         if self.run is None:
             return
-        import wandb
-
-        cols = [k for k in results["models"][0] if not k.endswith("_ci")]
-        table = wandb.Table(columns=cols, data=[[_cell(m.get(k)) for k in cols] for m in results["models"]])
-        self.run.log({"eval/table": table})
-        for m in results["models"]:
-            self.summary(flatten({k: v for k, v in m.items() if k not in ("name", "round")}, f"eval/{m['name']}/"))
+        with self._guard("could not log"):
+            for m in results["models"]:
+                if m.get("round") is not None:  # an outside adapter (--adapter) is no point on the axis
+                    self.run.log({"eval/round": m["round"],
+                                  **flatten({k: v for k, v in m.items() if k not in ("name", "round")}, "eval/")})
+            cols = [k for k in results["models"][0] if not k.endswith("_ci")]
+            table = wandb.Table(columns=cols, data=[[_cell(m.get(k)) for k in cols] for m in results["models"]])
+            self.run.log({"eval/table": table})
+            for m in results["models"]:
+                self.run.summary.update(flatten({k: v for k, v in m.items() if k not in ("name", "round")},
+                                                f"eval/{m['name']}/"))
 
     def summary(self, values: dict) -> None:
         if self.run is not None:
-            self.run.summary.update(values)
+            with self._guard("could not update the summary"):
+                self.run.summary.update(values)
 
     def finish(self) -> None:
         if self.run is not None:
-            self.run.finish()
+            with self._guard("could not finish"):
+                self.run.finish()
             self.run = None
+
+
+class TrainLogForwarder(TrainerCallback):
+    """Forwards the trainer's log lines (``on_log``) to a :class:`Tracker`; see :meth:`Tracker.trainer_callback`."""
+
+    def __init__(self, tracker: Tracker, round_n: int, first_step: int):
+        self.tracker, self.round_n, self.first_step = tracker, round_n, first_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            self.tracker.log_train(self.round_n, self.first_step + state.global_step, logs)
+
+
+def _say(msg: str) -> None:
+    print(f"[rlaif] {msg}", file=sys.stderr, flush=True)
 
 
 def _cell(value):

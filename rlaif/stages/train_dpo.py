@@ -61,20 +61,20 @@ def run(ctx: RunContext, n: int) -> dict:
         write_jsonl(ctx.run.path(n, "train_log.jsonl"), [])
         return {"pairs": 0, "skipped": "no pairs", "start_adapter": ctx.rel(start)}
     work = ctx.run.round_dir(n) / f"trainer{TMP_MARK}work"
-    metrics, history = train_dpo(ctx, pairs, start, out, work)
+    metrics, history = train_dpo(ctx, n, pairs, start, out, work)
     shutil.rmtree(work, ignore_errors=True)
     write_jsonl(ctx.run.path(n, "train_log.jsonl"), history)
     return {**metrics, "start_adapter": ctx.rel(start), "adapter_sha256": sha256_dir(out)}
 
 
-def train_dpo(ctx: RunContext, pairs: list[dict], start_adapter, out_dir, work_dir):
+def train_dpo(ctx: RunContext, n: int, pairs: list[dict], start_adapter, out_dir, work_dir):
     """Train one round's adapter and save it to ``out_dir`` (atomically). Returns (metrics, log_history)."""
     recipe, tokenizer = ctx.recipe, ctx.tokenizer
     dataset = to_dataset(pairs)
     tokenizer.padding_side = "left"
     trainer = make_trainer(
         DPOTrainer, ctx, start_adapter, build_trl_config(recipe, "dpo", work_dir),
-        train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer,
+        train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer, callbacks=ctx.trainer_callbacks(n),
     )
     before_state = trainable_state(trainer.model)
     before = _eval_metrics(trainer)

@@ -131,7 +131,7 @@ def run(ctx: RunContext, n: int) -> dict:
     say(f"round {n}: {recipe.train.method} from " + (ctx.rel(start) or "a fresh adapter")
         + f", judge = {judge_adapter or cfg.model}")
     work = ctx.run.round_dir(n) / f"trainer{TMP_MARK}work"
-    metrics, history, records = train_rl(ctx, prompts, judge, start, ctx.run.adapter(n), work, ctx.seed(n, "judge"))
+    metrics, history, records = train_rl(ctx, n, prompts, judge, start, ctx.run.adapter(n), work)
     shutil.rmtree(work, ignore_errors=True)
     write_jsonl(ctx.run.path(n, "completions.jsonl"), records)
     write_jsonl(ctx.run.path(n, "train_log.jsonl"), history)
@@ -139,13 +139,14 @@ def run(ctx: RunContext, n: int) -> dict:
             "adapter_sha256": sha256_dir(ctx.run.adapter(n))}
 
 
-def train_rl(ctx: RunContext, prompts: list[dict], judge, start_adapter: Path | None, out_dir: Path, work_dir: Path,
-             seed: int):
+def train_rl(ctx: RunContext, n: int, prompts: list[dict], judge, start_adapter: Path | None, out_dir: Path,
+             work_dir: Path):
     """One round of GRPO or RLOO. ``judge`` None: judge with the adapter being trained (rl_judge=live).
+    ``callbacks``: transformers ``TrainerCallback``s for the trainer (e.g. the W&B forwarder).
 
     Returns (metrics, log_history, completion records).
     """
-    recipe, tokenizer, constitution = ctx.recipe, ctx.tokenizer, ctx.constitution
+    recipe, tokenizer, constitution, seed = ctx.recipe, ctx.tokenizer, ctx.constitution, ctx.seed(n, "judge")
     method = recipe.train.method
     trainer_cls = trl.GRPOTrainer if method == "grpo" else trl.RLOOTrainer
     args = build_trl_config(recipe, method, work_dir)
@@ -153,7 +154,8 @@ def train_rl(ctx: RunContext, prompts: list[dict], judge, start_adapter: Path | 
                          tokenizer.eos_token_id, recipe.train.truncation_penalty)
     tokenizer.padding_side = "left"
     trainer = make_trainer(trainer_cls, ctx, start_adapter, args, reward_funcs=[reward],
-                           train_dataset=to_prompt_dataset(prompts), processing_class=tokenizer)
+                           train_dataset=to_prompt_dataset(prompts), processing_class=tokenizer,
+                           callbacks=ctx.trainer_callbacks(n))
     if judge is None:
         model = trainer.accelerator.unwrap_model(trainer.model)
         reward.judge = _LiveJudge(build_judge(recipe.judge, model, tokenizer, constitution), model)
