@@ -146,9 +146,16 @@ def non_finite(value: Any) -> bool:
     return False
 
 
+def _has_bool(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_has_bool(v) for v in value)
+    return isinstance(value, bool)
+
+
 def _check_value(section: str, key: str, value: Any) -> Any:
-    """The value checked against the field's annotation, strictly; where that fails, pydantic's lax reading
-    is taken if it is a number that was not a bool (``"5e-5"`` → 5e-5, ``4.0`` → 4), never otherwise."""
+    """The value checked against the field's annotation, strictly. Where that fails, pydantic's lax reading is
+    taken (``"5e-5"`` → 5e-5, ``4.0`` → 4, a list for a tuple) unless a bool is involved on either side: a bool
+    is not a number, nor ``1`` or ``"yes"`` a bool."""
     adapter = _adapter(section, key)
     if adapter is not None:
         try:
@@ -158,8 +165,8 @@ def _check_value(section: str, key: str, value: Any) -> Any:
                 lax = adapter.validate_python(value, strict=False)
             except ValidationError:
                 lax = None
-            if isinstance(value, bool) or isinstance(lax, bool) or not isinstance(lax, (int, float)):
-                raise ValueError(  # noqa: TRY004 (pydantic reports a ValueError raised in a validator, not a TypeError)
+            if lax is None or _has_bool(value) or _has_bool(lax):
+                raise ValueError(
                     f"{section}.{key} must be {describe(_fields(section)[key])}, got {value!r}"
                 ) from None
             value = lax
