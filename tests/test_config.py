@@ -146,7 +146,7 @@ def test_pair_safeguard_ranges(key, value):
 @pytest.mark.parametrize(("override", "message"), [
     ("generate.temperature=.nan", "generate.temperature must be finite, got nan"),
     ("generate.top_p=.inf", "generate.top_p must be finite, got inf"),
-    ("generate.top_k=-1", "generate.top_k must be at least 0, got -1"),
+    ("generate.top_k=-1", "generate.top_k must be 0 or more, got -1"),
     ("generate.repetition_penalty=0", "generate.repetition_penalty must be > 0, got 0"),
     ("run.seed=-1", "run.seed must be in [0, 4294967295], got -1"),
     ("safeguards.max_kl=.nan", "safeguards.max_kl must be finite, got nan"),

@@ -104,14 +104,16 @@ class Recipe(BaseModel):
 
 
 def _range(info: FieldInfo) -> str:
-    """``at least 1``, ``in (0, 1]``: the range a field's constraints allow."""
+    """``at least 1``, ``0 or more``, ``in (0, 1]``: the range a field's constraints allow."""
     b = {name: getattr(m, name) for m in info.metadata for name in ("ge", "gt", "le", "lt") if hasattr(m, name)}
     lo = ("[", b["ge"]) if "ge" in b else ("(", b["gt"]) if "gt" in b else None
     hi = ("]", b["le"]) if "le" in b else (")", b["lt"]) if "lt" in b else None
     if lo and hi:
         return f"in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
     if lo:
-        return f"at least {lo[1]}" if lo[0] == "[" else f"> {lo[1]}"
+        if lo[0] == "(":
+            return f"> {lo[1]}"
+        return "0 or more" if lo[1] == 0 else f"at least {lo[1]}"
     return f"at most {hi[1]}" if hi[0] == "]" else f"< {hi[1]}"
 
 
