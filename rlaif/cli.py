@@ -14,7 +14,6 @@ with status 3 when a safeguard stopped the run (``RUN/result.json`` says why and
 """
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -90,7 +89,7 @@ def validate(recipe) -> list[str]:
     e, g = recipe.eval, recipe.safeguards
     if e.instructions != "none":
         n_if = len(load_instruction_set(None if e.instructions == "bundled" else e.instructions))
-    rules = [f"{f.name}={getattr(g, f.name)}" for f in dataclasses.fields(g) if getattr(g, f.name) is not None]
+    rules = [f"{k}={v}" for k, v in g.model_dump().items() if v is not None]
     lines.append(f"eval: {e.heldout_prompts or 'all'} of {pool.counts['heldout']} held-out prompts x{e.samples}, "
                  + (f"{e.instruction_prompts or n_if} of {n_if} instruction prompts" if e.instructions != "none"
                     else "no instruction prompts")

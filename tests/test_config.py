@@ -138,3 +138,106 @@ def test_pair_safeguard_ranges(key, value):
     prompts = {"source": "file", "path": "p.jsonl", "reference_column": "answer"}
     with pytest.raises(RlaifError, match=rf"pairs\.{key} must be in \[0, 1\], got {value}"):
         recipe_from_dict({"prompts": prompts, "pairs": {key: value}})
+
+
+# ---------------------------------------------------------------- the schema on pydantic (issues 10 and 12)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("generate.temperature=.nan", "generate.temperature must be finite, got nan"),
+    ("generate.top_p=.inf", "generate.top_p must be finite, got inf"),
+    ("generate.top_k=-1", "generate.top_k must be 0 or more, got -1"),
+    ("generate.repetition_penalty=0", "generate.repetition_penalty must be > 0, got 0"),
+    ("run.seed=-1", "run.seed must be in [0, 4294967295], got -1"),
+    ("safeguards.max_kl=.nan", "safeguards.max_kl must be finite, got nan"),
+    ("dpo.beta=.nan", "dpo.beta must be finite, got nan"),
+    ("grpo.reward_weights=[1.0, .inf]", "grpo.reward_weights must be finite, got [1.0, inf]"),
+    ("lora.r=0", "lora.r must be at least 1, got 0"),
+])
+def test_values_that_used_to_fail_mid_run_are_refused_at_load(tmp_path, override, message):
+    p = write(tmp_path, "run:\n  rounds: 1\n")
+    with pytest.raises(RlaifError) as err:
+        load_recipe(p, [override])
+    assert str(err.value) == f"{p}: {message}"
+
+
+def test_trl_and_peft_configs_are_built_when_the_recipe_loads(tmp_path):
+    # what only TRL knows (a scheduler name, num_generations dividing the batch) is found by load_recipe, which
+    # `rlaif run` calls too, not 59 s into the run
+    p = write(tmp_path, "dpo:\n  lr_scheduler_type: bogus\n")
+    with pytest.raises(RlaifError, match=rf"^{p}: section 'dpo' rejected by TRL: bogus is not a valid SchedulerType"):
+        load_recipe(p)
+    with pytest.raises(RlaifError, match=r"section 'grpo' rejected by TRL: .*divisible by num_generations \(3\)"):
+        load_recipe(write(tmp_path, "train:\n  method: grpo\ngrpo:\n  num_generations: 3\n"))
+    with pytest.raises(RlaifError, match=r"section 'lora' rejected by peft: `layers_to_transform` cannot be used"):
+        load_recipe(write(tmp_path, "lora:\n  layers_to_transform: [0]\n"))  # with target_modules a str
+
+
+def test_duplicate_yaml_keys_are_refused_with_their_line(tmp_path):
+    p = write(tmp_path, "run:\n  rounds: 1\njudge:\n  batch_size: 8\n  mode: pairwise\n  batch_size: 4\n")
+    with pytest.raises(RlaifError) as err:
+        load_recipe(p)
+    assert str(err.value) == f"{p}: duplicate key 'batch_size' at line 6 (first at line 4); write each key once"
+    with pytest.raises(RlaifError, match=r"duplicate key 'run' at line 3 \(first at line 1\)"):
+        load_recipe(write(tmp_path, "run:\n  rounds: 1\nrun:\n  seed: 3\n"))
+    # a merge key is not a duplicate: the mapping's own value overrides the merged one, as YAML says
+    merged = load_recipe(write(tmp_path, "generate: &g\n  top_k: 5\n  batch_size: 2\n"
+                                         "eval:\n  samples: 3\njudge:\n  <<: {batch_size: 2}\n  batch_size: 6\n"))
+    assert merged.generate.top_k == 5 and merged.judge.batch_size == 6
+
+
+def test_model_dtype_auto_and_attn_implementation():
+    r = recipe_from_dict({})
+    assert r.model.dtype == "auto" and r.model.attn_implementation is None
+    r = recipe_from_dict({"model": {"dtype": "bfloat16", "attn_implementation": "sdpa"}})
+    assert r.to_dict()["model"] == {"source": "bundled", "revision": None, "dtype": "bfloat16",
+                                    "attn_implementation": "sdpa", "trust_remote_code": False, "cache_dir": None}
+    with pytest.raises(RlaifError, match=r"^x\.yaml: model\.dtype must be one of \['auto', 'float32', 'bfloat16', "
+                                         r"'float16'\], got 'fp8'$"):
+        recipe_from_dict({"model": {"dtype": "fp8"}}, "x.yaml")
+    with pytest.raises(RlaifError, match=r"model\.attn_implementation must be str \| None, got 2"):
+        recipe_from_dict({"model": {"attn_implementation": 2}})
+    with pytest.raises(RlaifError, match=r"model\.attn_implementation must not be empty"):
+        recipe_from_dict({"model": {"attn_implementation": ""}})
+
+
+def test_types_are_strict_but_numbers_written_as_text_are_numbers():
+    r = recipe_from_dict({"generate": {"temperature": "7e-1", "num_candidates": 3.0}, "dpo": {"num_train_epochs": "3"}})
+    assert r.generate.temperature == 0.7 and r.generate.num_candidates == 3 and type(r.generate.num_candidates) is int
+    assert r.dpo["num_train_epochs"] == 3.0
+    for raw, message in [
+        ({"generate": {"top_k": True}}, "generate.top_k must be int, got True"),  # a bool is not a number
+        ({"generate": {"temperature": False}}, "generate.temperature must be float, got False"),
+        ({"generate": {"num_candidates": 3.5}}, "generate.num_candidates must be int, got 3.5"),
+        ({"pairs": {"drop_empty": 1}}, "pairs.drop_empty must be bool, got 1"),  # nor a number a bool
+        ({"run": {"output_dir": 3}}, "run.output_dir must be str, got 3"),
+        ({"wandb": {"tags": ["a", 3]}}, "wandb.tags must be list[str], got ['a', 3]"),
+        ({"dpo": {"bf16": 1}}, "dpo.bf16 must be bool | None, got 1"),
+        ({"dpo": {"max_length": True}}, "dpo.max_length must be int | None, got True"),
+        ({"generate": {"top_p": 0}}, "generate.top_p must be in (0, 1], got 0"),
+        ({"pairs": {"min_margin": 0.5}}, "pairs.min_margin must be in [0, 0.5), got 0.5"),
+        ({"run": []}, "section 'run' must be a mapping of keys, got list"),
+    ]:
+        with pytest.raises(RlaifError) as err:
+            recipe_from_dict(raw, "x.yaml")
+        assert str(err.value) == f"x.yaml: {message}"
+
+
+def test_unknown_key_lists_the_known_ones():
+    with pytest.raises(RlaifError) as err:
+        recipe_from_dict({"run": {"round": 3}}, "x.yaml")
+    assert str(err.value) == "x.yaml: unknown key 'run.round' (known: output_dir, rounds, seed)"
+    with pytest.raises(RlaifError, match=r"unknown section 'source'"):  # Recipe.source is not a section
+        recipe_from_dict({"source": "y.yaml"})
+
+
+def test_resolved_dict_keeps_its_shape_and_reads_back():
+    d = recipe_from_dict({"dpo": {"beta": 0.3}, "lora": {"r": 8}}).to_dict()
+    assert list(d) == ["run", "model", "prompts", "generate", "judge", "pairs", "train", "eval", "safeguards",
+                       "wandb", "dpo", "lora"]
+    assert d["run"] == {"output_dir": "runs/quickstart", "rounds": 2, "seed": 0}
+    assert d["dpo"] == {**DPO_DEFAULTS, "beta": 0.3} and d["lora"]["r"] == 8
+    assert d["safeguards"] == dict.fromkeys(["min_win_rate_vs_previous", "max_diversity_drop", "max_length_drift",
+                                             "max_instruction_drop", "max_kl"])
+    assert d["wandb"]["tags"] == [] and d["generate"]["temperature"] == 0.9
+    assert recipe_from_dict(d).to_dict() == d  # `rlaif eval` reads a run's recipe back from its manifest

@@ -164,9 +164,15 @@ def test_stage_table_drives_the_stage_order_and_commands():
 
 
 def _imports(path: Path) -> set[str]:
+    """rlaif modules imported at run time (imports under ``if TYPE_CHECKING:`` are for annotations only)."""
     tree = ast.parse(path.read_text())
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+                   for n in ast.walk(node)}
     out = set()
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rlaif"):
             out.add(node.module)
             out.update(f"{node.module}.{a.name}" for a in node.names)

@@ -146,7 +146,7 @@ class Evaluator:
         gen = recipe.generate
         self.max_new_tokens = self.cfg.max_new_tokens or gen.max_new_tokens
         self.settings = fingerprint({
-            "eval": dataclasses.asdict(self.cfg), "generate": dataclasses.asdict(gen), "model": recipe.model.source,
+            "eval": self.cfg.model_dump(), "generate": gen.model_dump(), "model": recipe.model.source,
             "seed": recipe.run.seed, "heldout": [p["id"] for p in self.heldout],
             "instructions": [p["id"] for p in self.instructions],
         })
@@ -243,15 +243,15 @@ class Evaluator:
         """The recipe's sampling settings, k samples per prompt, with as many sequences per batch as training's."""
         gen = self.recipe.generate
         rows = gen.batch_size * gen.num_candidates
-        return dataclasses.replace(gen, num_candidates=k, max_new_tokens=self.max_new_tokens,
-                                   batch_size=max(1, rows // k))
+        return gen.model_copy(update={"num_candidates": k, "max_new_tokens": self.max_new_tokens,
+                                      "batch_size": max(1, rows // k)})
 
     # -- head-to-heads
     @property
     def judge(self):
         if self._judge is None:
-            cfg = dataclasses.replace(self.recipe.judge, mode=self.cfg.judge_mode, model=self.cfg.judge_model,
-                                      principles="all")
+            cfg = self.recipe.judge.model_copy(update={"mode": self.cfg.judge_mode, "model": self.cfg.judge_model,
+                                                       "principles": "all"})
             if cfg.model == "base":
                 model, tokenizer = self.base, self.ctx.tokenizer
             else:
@@ -263,7 +263,7 @@ class Evaluator:
         """Per held-out prompt: P(a's first sample beats b's), both orders (cached)."""
         ra, rb = (self._first_samples(self.responses(m)) for m in (a, b))
         key = fingerprint({"a": self._response_key(a), "b": self._response_key(b), "judge": self.cfg.judge_model,
-                           "mode": self.cfg.judge_mode, "judge_cfg": dataclasses.asdict(self.recipe.judge)})
+                           "mode": self.cfg.judge_mode, "judge_cfg": self.recipe.judge.model_dump()})
         path = self.root / "comparisons" / f"{a.name}_vs_{b.name}.jsonl"
         meta_path = path.with_suffix(".meta.json")
         if path.is_file() and meta_path.is_file() and read_json(meta_path).get("key") == key:
