@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from rlaif.rundir import commit_dir
 from rlaif.config import Recipe, build_lora_config, build_trl_config
+from rlaif.models import check_weights, load_adapter, load_adapter_state
+from rlaif.rundir import TMP_MARK, commit_dir
 
 
 def to_dataset(pairs: list[dict]):
@@ -58,20 +59,20 @@ def make_trainer(trainer_cls, recipe: Recipe, model_path: str, start_adapter: Pa
     the adapter-disabled base, and the previous round's weights are loaded into the fresh adapter.
     With ``previous`` TRL gets a trainable PeftModel and keeps a frozen copy as its "ref" adapter.
     """
-    from peft import PeftModel
     from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
+    check_weights(model_path)
     base = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=torch.float32, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code
+        model_path, dtype=torch.float32, revision=recipe.model.revision, trust_remote_code=recipe.model.trust_remote_code,
+        use_safetensors=True,
     )
     if recipe.train.reference == "previous" and start_adapter is not None:
-        model = PeftModel.from_pretrained(base, str(start_adapter), is_trainable=True)
+        model = load_adapter(base, start_adapter, is_trainable=True)
         return trainer_cls(model=model, **kwargs)
     trainer = trainer_cls(model=base, peft_config=build_lora_config(recipe), **kwargs)
     if start_adapter is not None:
-        state = load_file(str(Path(start_adapter) / "adapter_model.safetensors"))
+        state = load_adapter_state(start_adapter)
         result = set_peft_model_state_dict(trainer.model, state, adapter_name="default")
         if getattr(result, "unexpected_keys", None):
             raise RuntimeError(f"adapter of {start_adapter} does not fit this LoRA config: {result.unexpected_keys[:3]}")
@@ -80,7 +81,7 @@ def make_trainer(trainer_cls, recipe: Recipe, model_path: str, start_adapter: Pa
 
 def save_adapter(trainer, out_dir: Path) -> None:
     """The trained adapter only (not TRL's frozen "ref" copy), committed atomically."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp-train")
+    tmp = out_dir.with_name(out_dir.name + TMP_MARK + "train")
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])
     commit_dir(tmp, out_dir)
