@@ -318,7 +318,7 @@ def open_manifest(s: Session) -> dict:
     resolved = s.recipe.to_dict()
     path = s.run.manifest_path
     if path.is_file():
-        manifest = read_json(path)
+        manifest = s.run.read_manifest()
         old, new = _comparable(manifest["recipe"]), _comparable(_jsonable(resolved))
         # a key the manifest lacks (written by an older rlaif) had its default value then
         defaults = _comparable(_jsonable(Recipe().to_dict()))
@@ -358,7 +358,7 @@ def _jsonable(obj):
 
 def record_round(s: Session, n: int) -> None:
     """Provenance of a completed round in the manifest."""
-    manifest = read_json(s.run.manifest_path)
+    manifest = s.run.read_manifest()
     metrics = s.run.metrics(n)
     policy = policy_adapter(s.run, n)
     manifest["model"]["resolved"] = s.model_path
@@ -423,7 +423,7 @@ def _rounds(s: Session, tracker) -> dict:
     recipe, stages = s.recipe, stages_for(s.recipe)
     done = 0
     for n in range(1, recipe.run.rounds + 1):
-        if len(s.run.completed(n)) != len(stages):
+        if not s.run.is_complete(n, stages):
             for stage in stages:
                 if not s.run.is_done(n, stage):
                     run_stage(s, n, stage)
@@ -462,6 +462,6 @@ def run_one_stage(recipe: Recipe, stage: str, n: int | None) -> tuple[int, dict,
             raise RlaifError(f"--round must be at least 1, got {n}")
         moved = s.run.supersede_from(n, stage, include_self=True)
         metrics = run_stage(s, n, stage)
-        if len(s.run.completed(n)) == len(stages_for(recipe)):
+        if s.run.is_complete(n, stages_for(recipe)):
             record_round(s, n)
     return n, metrics, moved
