@@ -21,7 +21,7 @@ from rlaif.pipeline import Stage, later_stages, producers, stage_named, stages_f
 from rlaif.reporting.fmt import fmt
 from rlaif.reporting.tracking import Tracker, sample_rows
 from rlaif.run import SELF_JUDGES, RunContext, say
-from rlaif.rundir import RunDir, package_versions, read_json, sha256_dir, write_json
+from rlaif.rundir import RunDir, package_versions, sha256_dir, write_json
 from rlaif.stages.prompts import load_pool
 
 
@@ -39,14 +39,21 @@ def round_summary(m: dict) -> str:
             f"clip fraction {fmt(t.get('clip_fraction'), '.3f')}, {fmt(t.get('seconds_per_step'), '.1f')} s/step")
 
 
+def verify_rounds(ctx: RunContext) -> None:
+    """On resume: every committed file of every round still has the digest and row count recorded for it."""
+    for n in range(1, ctx.run.last_round() + 1):
+        ctx.run.verify(n)
+
+
 def check_inputs(ctx: RunContext, n: int, stage: Stage) -> None:
     """Before a stage reads its inputs: every stage it reads from is complete (and the previous round, where
     the table says so)."""
     if stage.after_previous_round and n > 1:
         last = stages_for(ctx.recipe)[-1].name
         ctx.run.require(n - 1, last, stage.name)
-    for producer, _files in producers(ctx.recipe, stage):
+    for producer, files in producers(ctx.recipe, stage):
         ctx.run.require(n, producer.name, stage.name)
+        ctx.run.verify(n, files)
 
 
 def run_stage(ctx: RunContext, n: int, stage: Stage) -> dict:
@@ -56,7 +63,7 @@ def run_stage(ctx: RunContext, n: int, stage: Stage) -> dict:
     metrics = stage.run(ctx, n)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     ctx.run.write_metrics(n, stage.name, metrics)
-    ctx.run.mark_done(n, stage.name)
+    ctx.run.mark_done(n, stage.name, [f for f in stage.writes if ctx.run.path(n, f).exists()], stage.redo)
     say(f"round {n}: {stage.name} done in {metrics['seconds']:.1f}s")
     return metrics
 
@@ -84,7 +91,7 @@ def open_manifest(s: RunContext) -> dict:
     resolved = s.recipe.to_dict()
     path = s.run.manifest_path
     if path.is_file():
-        manifest = read_json(path)
+        manifest = s.run.read_manifest()
         old, new = _comparable(manifest["recipe"]), _comparable(_jsonable(resolved))
         # a key the manifest lacks (written by an older rlaif) had its default value then
         defaults = _comparable(_jsonable(Recipe().to_dict()))
@@ -124,7 +131,7 @@ def _jsonable(obj):
 
 def record_round(s: RunContext, n: int) -> None:
     """Provenance of a completed round in the manifest."""
-    manifest = read_json(s.run.manifest_path)
+    manifest = s.run.read_manifest()
     metrics = s.run.metrics(n)
     policy = s.policy_adapter(n)
     manifest["model"]["resolved"] = s.model_path
@@ -163,6 +170,7 @@ def run_all(recipe: Recipe) -> tuple[RunDir, dict]:
     with s.run.lock():
         s.run.clean_tmp()
         manifest = open_manifest(s)
+        verify_rounds(s)
         tracker = s.tracker = Tracker(recipe.wandb, s.run.root, manifest.get("wandb_run_id"), manifest["recipe"])
         if tracker.run_id and tracker.run_id != manifest.get("wandb_run_id"):
             manifest["wandb_run_id"] = tracker.run_id
@@ -180,7 +188,7 @@ def _rounds(s: RunContext, tracker) -> dict:
     names = [stage.name for stage in stages]
     done = 0
     for n in range(1, recipe.run.rounds + 1):
-        if set(s.run.completed(n)) != set(names):
+        if not s.run.is_complete(n, names):
             for stage in stages:
                 if not s.run.is_done(n, stage.name):
                     run_stage(s, n, stage)
@@ -215,6 +223,7 @@ def run_one_stage(recipe: Recipe, name: str, n: int | None) -> tuple[int, dict, 
     with s.run.lock():
         s.run.clean_tmp()
         open_manifest(s)
+        verify_rounds(s)
         if n is None:
             n = next((r for r in range(1, recipe.run.rounds + 1) if not s.run.is_done(r, name)), recipe.run.rounds)
         if n < 1:
@@ -222,6 +231,6 @@ def run_one_stage(recipe: Recipe, name: str, n: int | None) -> tuple[int, dict, 
         check_inputs(s, n, stage)
         moved = s.run.supersede(n, {st.name: st.writes for st in later_stages(recipe, name, include_self=True)})
         metrics = run_stage(s, n, stage)
-        if set(s.run.completed(n)) == {st.name for st in stages_for(recipe)}:
+        if s.run.is_complete(n, [st.name for st in stages_for(recipe)]):
             record_round(s, n)
     return n, metrics, moved

@@ -14,13 +14,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from peft.utils import set_peft_model_state_dict
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from rlaif.config import build_lora_config
-from rlaif.rundir import TMP_MARK, commit_dir
+from rlaif.files import TMP_MARK, commit_dir
+from rlaif.models import check_weights, load_adapter, load_adapter_state
 
 
 def trainer_model_kwargs(ctx) -> dict:
@@ -31,14 +30,15 @@ def trainer_model_kwargs(ctx) -> dict:
 def make_trainer(trainer_cls, ctx, start_adapter: Path | None, args, **kwargs):
     """A TRL trainer on a LoRA adapter, started from ``start_adapter`` (None: a fresh adapter)."""
     recipe = ctx.recipe
+    check_weights(ctx.model_path)
     if recipe.train.reference == "previous" and start_adapter is not None:
         base = AutoModelForCausalLM.from_pretrained(ctx.model_path, **ctx.model_kwargs())
-        model = PeftModel.from_pretrained(base, str(start_adapter), is_trainable=True)
+        model = load_adapter(base, start_adapter, is_trainable=True)
         return trainer_cls(model=model, args=args, **kwargs)
     args.model_init_kwargs = trainer_model_kwargs(ctx)
     trainer = trainer_cls(model=ctx.model_path, args=args, peft_config=build_lora_config(recipe), **kwargs)
     if start_adapter is not None:
-        state = load_file(str(Path(start_adapter) / "adapter_model.safetensors"))
+        state = load_adapter_state(start_adapter)
         result = set_peft_model_state_dict(trainer.model, state, adapter_name="default")
         if getattr(result, "unexpected_keys", None):
             raise RuntimeError(f"adapter of {start_adapter} does not fit this LoRA config: {result.unexpected_keys[:3]}")

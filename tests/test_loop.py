@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from rlaif.cli import main
 from rlaif.pipeline import REDO_STAGES
-from rlaif.rundir import read_json, read_jsonl
+from rlaif.rundir import TMP_MARK, read_json, read_jsonl
 
 ROUND_FILES = ["prompts.jsonl", "candidates.jsonl", "verdicts.jsonl", "rankings.jsonl", "pairs.jsonl",
                "pairs_dropped.jsonl", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
@@ -188,10 +188,10 @@ def test_kill_during_each_stage_then_rerun_gives_the_same_artifacts(finished_run
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         assert proc.returncode == -signal.SIGKILL
-        assert list(out.rglob(f"{victim}.tmp-*")), f"the kill should leave a temporary {victim} behind"
+        assert list(out.rglob(f"{victim}{TMP_MARK}*")), f"the kill should leave a temporary {victim} behind"
     final = rlaif("run", str(recipe))
     assert final.returncode == 0, final.stderr[-3000:]
-    assert not [p for p in out.rglob("*.tmp-*")], "temporary files are cleaned up"
+    assert not [p for p in out.rglob(f"*{TMP_MARK}*")], "temporary files are cleaned up"
     for n in (1, 2):
         assert read_json(out / f"round_{n:03d}/state.json")["completed"] == list(REDO_STAGES)
         for name in JSONL:

@@ -129,3 +129,71 @@ def test_reference_column_is_kept_on_each_prompt(tmp_path):
     assert "reference" not in load_pool(PromptsConfig(source="file", path=str(path), column="q")).train[0]
     with pytest.raises(RlaifError, match="no row has the reference column 'answer' \\(columns: q, out\\)"):
         load_pool(PromptsConfig(source="file", path=str(path), column="q", reference_column="answer"))
+
+
+# ---------------------------------------------------------------- malformed files: one line naming the file and row
+
+
+def file_pool(path, **kw):
+    return load_pool(PromptsConfig(source="file", path=str(path), heldout_fraction=0.0, **kw))
+
+
+def one_line_error(path, match):
+    with pytest.raises(RlaifError, match=match) as info:
+        file_pool(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_csv_row_with_an_extra_field_is_refused(tmp_path):
+    (tmp_path / "p.csv").write_text("prompt,note\nName a colour,x\nName a fruit, red, sweet\n")
+    one_line_error(tmp_path / "p.csv", "line 3 has 3 fields but the header has 2; quote fields that contain a comma")
+    (tmp_path / "p.tsv").write_text("prompt\tnote\nName a colour\tx\ty\n")
+    one_line_error(tmp_path / "p.tsv", "line 2 has 3 fields but the header has 2; quote fields that contain a tab")
+
+
+def test_csv_field_over_the_csv_module_limit_loads(tmp_path):
+    import csv
+
+    long = "Summarise this: " + "word " * 40_000  # 200,016 characters, over csv's default 131,072
+    (tmp_path / "p.csv").write_text(f'prompt\n"{long}"\nName a fruit\n')
+    limit = csv.field_size_limit()
+    pool = file_pool(tmp_path / "p.csv")
+    assert [p["prompt"] for p in pool.train] == [long.strip(), "Name a fruit"]
+    assert csv.field_size_limit() == limit, "the process-wide csv limit is restored"
+
+
+def test_a_file_that_is_not_parquet(tmp_path):
+    (tmp_path / "p.parquet").write_text("prompt\nName a colour\n")
+    one_line_error(tmp_path / "p.parquet", "not a readable parquet file")
+
+
+def test_lone_surrogate_in_jsonl_is_refused(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"prompt": "Name a colour"}\n{"prompt": "bad \\ud800 text"}\n')
+    one_line_error(tmp_path / "p.jsonl", r"line 2 holds a lone surrogate escape \(e.g. \\ud800\)")
+    (tmp_path / "pair.jsonl").write_text('{"prompt": "a smile \\ud83d\\ude00"}\n')  # a surrogate pair is text
+    assert [p["prompt"] for p in file_pool(tmp_path / "pair.jsonl").train] == ["a smile \U0001f600"]
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path):
+    bom = "\ufeff"
+    (tmp_path / "p.jsonl").write_text(bom + '{"prompt": "Name a colour"}\n{"prompt": "Name a fruit"}\n', encoding="utf-8")
+    (tmp_path / "p.csv").write_text(bom + "prompt\nName a colour\nName a fruit\n", encoding="utf-8")
+    (tmp_path / "p.json").write_text(bom + '[{"prompt": "Name a colour"}, {"prompt": "Name a fruit"}]', encoding="utf-8")
+    for name in ("p.jsonl", "p.csv", "p.json"):
+        assert (tmp_path / name).read_bytes().startswith(b"\xef\xbb\xbf")
+        assert [p["prompt"] for p in file_pool(tmp_path / name).train] == ["Name a colour", "Name a fruit"], name
+
+
+def test_rows_that_are_not_objects_and_prompts_that_are_not_text(tmp_path):
+    (tmp_path / "rows.jsonl").write_text('{"prompt": "Name a colour"}\n\n"Name a fruit"\n')
+    one_line_error(tmp_path / "rows.jsonl", "line 3 is not an object \\(got str: \"Name a fruit\"\\); every row must be an object with a 'prompt' field")
+    (tmp_path / "rows.json").write_text('[{"prompt": "Name a colour"}, ["Name a fruit"]]')
+    one_line_error(tmp_path / "rows.json", r'row 2 is not an object \(got list: \["Name a fruit"\]\)')
+    (tmp_path / "num.jsonl").write_text('{"prompt": "Name a colour"}\n{"prompt": 42}\n')
+    one_line_error(tmp_path / "num.jsonl", r"line 2: 'prompt' is not text \(got int: 42\)")
+    (tmp_path / "ref.jsonl").write_text('{"prompt": "Name a colour", "ans": {"x": 1}}\n')
+    with pytest.raises(RlaifError, match=r"line 1: 'ans' is not text \(got dict: \{\"x\": 1\}\)"):
+        file_pool(tmp_path / "ref.jsonl", reference_column="ans")
+    # a missing or null value is still an empty prompt, counted
+    (tmp_path / "null.jsonl").write_text('{"prompt": "Name a colour"}\n{"prompt": null}\n{"other": "x"}\n')
+    assert file_pool(tmp_path / "null.jsonl").counts["empty"] == 2

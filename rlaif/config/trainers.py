@@ -15,6 +15,7 @@ import functools
 import math
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -201,7 +202,11 @@ def build_trl_config(recipe: "Recipe", method: str, output_dir: str | Path):
         "use_cpu": not _accelerator_available(),
     }
     try:
-        return cls(**kwargs)
+        with warnings.catch_warnings():
+            # transformers renames `gradient_checkpointing` (which TRL's configs still use) and warns on every
+            # build: noise on every `rlaif` command, about a field rlaif sets to its TRL name on purpose
+            warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+            return cls(**kwargs)
     except (ValueError, TypeError) as exc:
         raise RlaifError(f"{recipe.source}: section '{method}' rejected by TRL: {exc}") from None
 

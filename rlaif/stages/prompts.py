@@ -31,37 +31,74 @@ class PromptPool:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def _read_rows(path: Path) -> list[dict]:
+def _json_row(path: Path, where: str, text: str) -> Any:
+    """One JSON value; a lone surrogate escape (``"\\ud800"``), which no UTF-8 file can hold, is refused here."""
+    try:
+        row = json.loads(text)
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except json.JSONDecodeError as exc:
+        raise RlaifError(f"{path}: {where} is not valid JSON ({exc.msg})") from None
+    except UnicodeEncodeError:
+        raise RlaifError(f"{path}: {where} holds a lone surrogate escape (e.g. \\ud800), which is not text; "
+                         "fix or remove it") from None
+    return row
+
+
+def _csv_rows(path: Path, delimiter: str) -> tuple[list[dict], list[str]]:
+    rows, where, sep = [], [], "a tab" if delimiter == "\t" else "a comma"
+    # the csv module refuses fields over 131,072 characters; no field can be longer than the file
+    old_limit = csv.field_size_limit(max(csv.field_size_limit(), path.stat().st_size + 1))
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            try:
+                for row in reader:
+                    if None in row:  # DictReader's key for the fields beyond the header
+                        raise RlaifError(
+                            f"{path}: line {reader.line_num} has {len(row) - 1 + len(row[None])} fields but the header "
+                            f"has {len(reader.fieldnames)}; quote fields that contain {sep}"
+                        )
+                    rows.append(row)
+                    where.append(f"line {reader.line_num}")
+            except csv.Error as exc:
+                raise RlaifError(f"{path}: line {reader.line_num} is not valid CSV ({exc})") from None
+    finally:
+        csv.field_size_limit(old_limit)
+    return rows, where
+
+
+def _read_rows(path: Path) -> tuple[list[Any], list[str]]:
+    """The file's rows, and where each one is in the file ("line 3", "row 3") for error messages."""
     if not path.is_file():
         raise RlaifError(f"prompt file not found: {path}")
     suffix = path.suffix.lower()
-    try:
+    try:  # utf-8-sig: a UTF-8 byte order mark (spreadsheets write one) is accepted and dropped
         if suffix in (".jsonl", ".ndjson"):
-            rows = []
-            with open(path, encoding="utf-8") as fh:
+            rows, where = [], []
+            with open(path, encoding="utf-8-sig") as fh:
                 for i, line in enumerate(fh, 1):
                     if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as exc:
-                            raise RlaifError(f"{path}: line {i} is not valid JSON ({exc.msg})") from None
-            return rows
+                        rows.append(_json_row(path, f"line {i}", line))
+                        where.append(f"line {i}")
+            return rows, where
         if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = _json_row(path, "the file", path.read_text(encoding="utf-8-sig"))
             if not isinstance(data, list):
                 raise RlaifError(f"{path}: a .json prompt file must hold a list of rows")
-            return data
+            return data, [f"row {i}" for i in range(1, len(data) + 1)]
         if suffix in (".csv", ".tsv"):
-            with open(path, encoding="utf-8", newline="") as fh:
-                return list(csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ","))
+            return _csv_rows(path, "\t" if suffix == ".tsv" else ",")
         if suffix == ".parquet":
+            import pyarrow  # here, not at the top: importing it costs 0.3-0.4 s, and only parquet sources need it
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()
+            try:
+                rows = pq.read_table(path).to_pylist()
+            except (pyarrow.ArrowException, OSError) as exc:
+                raise RlaifError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
+            return rows, [f"row {i}" for i in range(1, len(rows) + 1)]
     except UnicodeDecodeError:
         raise RlaifError(f"{path}: not a UTF-8 text file") from None
-    except json.JSONDecodeError as exc:
-        raise RlaifError(f"{path}: not valid JSON ({exc.msg})") from None
     raise RlaifError(f"{path}: unsupported prompt file type '{suffix}' (use .jsonl, .json, .csv, .tsv or .parquet)")
 
 
@@ -109,13 +146,22 @@ def _is_heldout(text: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def _text_at(row: Any, dotted: str) -> str | None:
-    """The stripped text at ``dotted`` in the row, or None when it is missing, empty or not text."""
+def _show(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)[:40]
+
+
+def _text_at(row: Any, dotted: str, origin: str, where: str) -> str | None:
+    """The stripped text at ``dotted`` in the row, or None when it is missing or empty; an error when it is not text."""
     try:
         value = get_path(row, dotted)
     except KeyError:
         return None
-    return value.strip() if isinstance(value, str) and value.strip() else None
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RlaifError(f"{origin}: {where}: '{dotted}' is not text (got {type(value).__name__}: {_show(value)}); "
+                         "fix the row or set the prompts column")
+    return value.strip() or None
 
 
 def load_pool(cfg: PromptsConfig) -> PromptPool:
@@ -123,12 +169,21 @@ def load_pool(cfg: PromptsConfig) -> PromptPool:
     if cfg.source == "bundled":
         text = resources.files("rlaif.data").joinpath("prompts.jsonl").read_text(encoding="utf-8")
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        where = [f"line {i}" for i in range(1, len(rows) + 1)]
         column, input_column, origin = "prompt", None, "the bundled prompt set"
     else:
-        rows = _hub_rows(cfg) if cfg.source == "hub" else _read_rows(Path(cfg.path).expanduser())
+        if cfg.source == "hub":
+            rows = _hub_rows(cfg)
+            where = [f"row {i}" for i in range(1, len(rows) + 1)]
+        else:
+            rows, where = _read_rows(Path(cfg.path).expanduser())
         column, input_column, origin = cfg.column, cfg.input_column, str(cfg.path)
     if not rows:
         raise RlaifError(f"the prompt set is empty: {origin} has no rows")
+    for row, at in zip(rows, where):
+        if not isinstance(row, dict):
+            raise RlaifError(f"{origin}: {at} is not an object (got {type(row).__name__}: {_show(row)}); "
+                             f"every row must be an object with a '{column}' field")
     first = rows[0]
     keys = ", ".join(first) if isinstance(first, dict) else type(first).__name__
     if not _has_path(first, column):
@@ -145,12 +200,12 @@ def load_pool(cfg: PromptsConfig) -> PromptPool:
         counts["no_reference"] = 0
     seen: set[str] = set()
     train, heldout = [], []
-    for row in rows:
-        prompt = _text_at(row, column)
+    for row, at in zip(rows, where):
+        prompt = _text_at(row, column, origin, at)
         if prompt is None:
             counts["empty"] += 1
             continue
-        extra = _text_at(row, input_column) if input_column else None
+        extra = _text_at(row, input_column, origin, at) if input_column else None
         if extra is not None:
             prompt = f"{prompt}\n\n{extra}"
         key = normalise(prompt)
@@ -163,7 +218,7 @@ def load_pool(cfg: PromptsConfig) -> PromptPool:
         else:
             item, is_heldout = {"id": _prompt_id(prompt), "prompt": prompt}, _is_heldout(prompt, cfg.heldout_fraction)
         if reference_column:
-            reference = _text_at(row, reference_column)
+            reference = _text_at(row, reference_column, origin, at)
             if reference is not None:
                 item["reference"] = reference
             else:
