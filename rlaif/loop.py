@@ -93,7 +93,7 @@ def stage_prompts(s: Session, n: int) -> dict:
 
 
 def stage_generate(s: Session, n: int) -> dict:
-    from rlaif.stages.generate import generate_candidates, response_logprobs
+    from rlaif.stages.generate import generate_candidates, sample_logprobs
 
     s.run.require(n, "prompts", "generate")
     prompts = read_jsonl(s.run.path(n, "prompts.jsonl"))
@@ -102,9 +102,9 @@ def stage_generate(s: Session, n: int) -> dict:
     model = s.load(adapter)
     rows = generate_candidates(model, s.tokenizer, prompts, s.recipe.generate, s.seed(n, "generate"))
     text_of = {p["id"]: p["prompt"] for p in prompts}
-    args = (s.tokenizer, [text_of[r["prompt_id"]] for r in rows], [r["text"] for r in rows])
-    policy = response_logprobs(model, *args)
-    base = response_logprobs(s.load(None), *args) if adapter else policy
+    args = (s.tokenizer, [text_of[r["prompt_id"]] for r in rows], [r["token_ids"] for r in rows], s.recipe.generate)
+    policy = sample_logprobs(model, *args)
+    base = sample_logprobs(s.load(None), *args) if adapter else policy
     for row, lp, lb in zip(rows, policy, base):
         row["logp_policy"], row["logp_base"] = lp, lb
     write_jsonl(s.run.path(n, "candidates.jsonl"), rows)
@@ -215,7 +215,7 @@ def stage_train(s: Session, n: int) -> dict:
         write_jsonl(s.run.path(n, "train_log.jsonl"), [])
         return {"pairs": 0, "skipped": "no pairs", "start_adapter": _rel(s.run, start)}
     work = s.run.round_dir(n) / f"trainer{artifacts.TMP_MARK}work"
-    metrics, history = train_dpo(s.recipe, s.model_path, s.tokenizer, pairs, start, out, work)
+    metrics, history = train_dpo(s.recipe, s.model_path, s.tokenizer, pairs, start, out, work, s.seed(n, "train"))
     shutil.rmtree(work, ignore_errors=True)
     write_jsonl(s.run.path(n, "train_log.jsonl"), history)
     return {**metrics, "start_adapter": _rel(s.run, start), "adapter_sha256": sha256_dir(out)}
@@ -241,7 +241,7 @@ def stage_train_rl(s: Session, n: int) -> dict:
     work = s.run.round_dir(n) / f"trainer{artifacts.TMP_MARK}work"
     metrics, history, records = train_rl(
         s.recipe, s.model_path, s.tokenizer, prompts, judge, s.constitution, start, s.run.adapter(n), work,
-        s.seed(n, "judge"),
+        s.seed(n, "judge"), s.seed(n, "train"),
     )
     shutil.rmtree(work, ignore_errors=True)
     write_jsonl(s.run.path(n, "completions.jsonl"), records)
@@ -369,7 +369,7 @@ def record_round(s: Session, n: int) -> None:
         "judge_adapter": metrics.get("judge", metrics.get("train", {})).get("judge_adapter"),
         "adapter": _rel(s.run, s.run.adapter(n)) if s.run.adapter(n).exists() else None,
         "adapter_sha256": metrics.get("train", {}).get("adapter_sha256"),
-        "seeds": {"generate": s.seed(n, "generate"), "judge": s.seed(n, "judge"), "train": s.recipe.run.seed},
+        "seeds": {"generate": s.seed(n, "generate"), "judge": s.seed(n, "judge"), "train": s.seed(n, "train")},
     }
     write_json(s.run.manifest_path, manifest)
 
