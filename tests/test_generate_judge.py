@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from rlaif.config import GenerateConfig
-from rlaif.judging.constitution import constitution_from_dict, load_constitution
 from rlaif.errors import RlaifError
-from rlaif.stages.generate import generate_candidates, sample_logprobs
+from rlaif.judging.constitution import constitution_from_dict, load_constitution
 from rlaif.judging.judges import Comparison, ModelJudge, label_token_ids
 from rlaif.models import load_model, load_tokenizer
+from rlaif.stages.generate import generate_candidates, sample_logprobs
 
 PROMPTS = [{"id": "a", "prompt": "Say hello."}, {"id": "b", "prompt": "Explain rain to a child in one sentence please."}]
 
