@@ -50,6 +50,7 @@ def eos_ids(model, tokenizer) -> set[int]:
     ids = model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
     ids.add(tokenizer.eos_token_id)
+    ids.discard(None)
     return ids
 
 
