@@ -13,11 +13,11 @@ import torch
 from conftest import REPO, tiny_recipe, write_recipe
 from safetensors.torch import load_file
 
-from rlaif.rundir import read_json, read_jsonl
 from rlaif.cli import main
 from rlaif.judging.constitution import load_constitution
 from rlaif.judging.judges import ModelJudge
 from rlaif.models import load_tokenizer
+from rlaif.rundir import read_json, read_jsonl
 from rlaif.stages.train_rl import JudgeReward
 
 GOOD = "The capital of France is Paris."
@@ -190,8 +190,8 @@ def test_rl_run_killed_in_training_resumes_to_the_same_result(tiny_model, tmp_pa
 
 
 def test_rl_round_ends_with_its_evaluation_and_sample_rows(tiny_model, tmp_path):
-    from rlaif.rundir import RunDir
     from rlaif.reporting.tracking import sample_rows
+    from rlaif.rundir import RunDir
 
     recipe = tiny_recipe(tiny_model, tmp_path / "out", run={"rounds": 1}, train={"method": "grpo"}, grpo=RL,
                          eval={"each_round": True, "instructions": "none", "heldout_prompts": 3, "bootstrap": 100})
