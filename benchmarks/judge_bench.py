@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from rlaif import chat
 from rlaif.config import JudgeConfig
 from rlaif.judging.constitution import load_constitution
 from rlaif.judging.judges import Comparison, ModelJudge, PointwiseJudge, greedy_generate, pick_principle, sigmoid
@@ -128,7 +129,7 @@ def baseline_prompt(tokenizer, const, prompt: str, answer: str) -> str:
         "using the format: Score: <total points>"
     )
     messages = ([{"role": "system", "content": const.system}] if const.system else []) + [{"role": "user", "content": user}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return chat.render(tokenizer, messages)  # greedy_generate encodes it with rlaif.chat
 
 
 def parse_score(text: str) -> float | None:

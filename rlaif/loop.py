@@ -142,7 +142,7 @@ def record_round(s: RunContext, n: int) -> None:
         "judge_adapter": metrics.get("judge", metrics.get("train", {})).get("judge_adapter"),
         "adapter": s.rel(s.run.adapter(n)) if s.run.adapter(n).exists() else None,
         "adapter_sha256": metrics.get("train", {}).get("adapter_sha256"),
-        "seeds": {"generate": s.seed(n, "generate"), "judge": s.seed(n, "judge"), "train": s.recipe.run.seed},
+        "seeds": {"generate": s.seed(n, "generate"), "judge": s.seed(n, "judge"), "train": s.seed(n, "train")},
     }
     write_json(s.run.manifest_path, manifest)
 

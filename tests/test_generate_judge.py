@@ -8,7 +8,7 @@ from rlaif.errors import RlaifError
 from rlaif.judging.constitution import constitution_from_dict, load_constitution
 from rlaif.judging.judges import Comparison, ModelJudge, label_token_ids
 from rlaif.models import load_model, load_tokenizer
-from rlaif.stages.generate import generate_candidates, response_logprobs
+from rlaif.stages.generate import generate_candidates, sample_logprobs
 
 PROMPTS = [{"id": "a", "prompt": "Say hello."}, {"id": "b", "prompt": "Explain rain to a child in one sentence please."}]
 
@@ -39,12 +39,14 @@ def test_left_padding_does_not_change_a_prompts_samples(tiny):
     assert [r["text"] for r in alone] == [r["text"] for r in batched[:2]]  # near-greedy: same tokens with padding
 
 
-def test_response_logprobs_are_padding_invariant(tiny):
+def test_sample_logprobs_are_padding_invariant(tiny):
     model, tok = tiny
     prompts = ["hi", "a much longer prompt that needs padding in a batch"]
-    responses = ["yes", "no thanks, not today"]
-    batched = response_logprobs(model, tok, prompts, responses, batch_size=2)
-    single = [response_logprobs(model, tok, [p], [r], batch_size=1)[0] for p, r in zip(prompts, responses)]
+    samples = [tok("yes", add_special_tokens=False)["input_ids"] + [tok.eos_token_id],
+               tok("no thanks, not today", add_special_tokens=False)["input_ids"]]
+    cfg = GenerateConfig(temperature=0.7, repetition_penalty=1.2)
+    batched = sample_logprobs(model, tok, prompts, samples, cfg, batch_size=2)
+    single = [sample_logprobs(model, tok, [p], [r], cfg, batch_size=1)[0] for p, r in zip(prompts, samples)]
     assert batched == pytest.approx(single, abs=1e-4)
     assert all(x < 0 for x in batched)
 

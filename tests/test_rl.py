@@ -77,7 +77,7 @@ def planted(tiny_model):
 
 def reward_fn(planted, k, penalty=0.5):
     tok, const, judge = planted
-    return JudgeReward(judge, const, k, "sample", seed=0, eos_token_id=tok.eos_token_id, truncation_penalty=penalty)
+    return JudgeReward(judge, const, k, "sample", seed=0, eos_token_ids={tok.eos_token_id}, truncation_penalty=penalty)
 
 
 def conv(text):

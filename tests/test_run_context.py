@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, tiny_recipe
-from trl import DPOConfig, DPOTrainer
+from trl import DPOConfig
 
 from rlaif import hardware
 from rlaif.config import recipe_from_dict
@@ -15,7 +15,7 @@ from rlaif.judging import prefix_cache
 from rlaif.lora import make_trainer
 from rlaif.pipeline import REDO_STAGES, STAGES, stages_for
 from rlaif.run import RunContext
-from rlaif.stages.train_dpo import to_dataset
+from rlaif.stages.train_dpo import TokenizedDPOTrainer, to_dataset
 
 CPU = torch.device("cpu")
 
@@ -98,7 +98,7 @@ def test_training_loads_the_weights_in_the_context_dtype(tiny_model, tmp_path):
     ctx = _ctx(tiny_model, tmp_path)
     pairs = [{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}] * 2
     args = DPOConfig(output_dir=str(tmp_path / "work"), report_to="none", max_steps=1, use_cpu=True)
-    trainer = make_trainer(DPOTrainer, ctx, None, args, train_dataset=to_dataset(pairs),
+    trainer = make_trainer(TokenizedDPOTrainer, ctx, None, args, train_dataset=to_dataset(pairs, ctx.tokenizer),
                            processing_class=ctx.tokenizer)
     base = {p.dtype for n, p in trainer.model.named_parameters() if "lora_" not in n}
     assert base == {torch.bfloat16}

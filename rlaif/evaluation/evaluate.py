@@ -9,7 +9,9 @@ For the base model and each round's adapter, on the held-out split of the prompt
   prompts with every constraint met and the share of constraints met;
 - **collapse signals** (Shumailov et al. 2024): distinct-1/2 over all samples, self-similarity
   between the samples of the same prompt, response length (mean, spread), the share cut off at the
-  token limit, and a Monte-Carlo KL(model ‖ base) estimate on the held-out samples.
+  token limit, and a Monte-Carlo KL(model ‖ base) estimate on the held-out samples: the sampled
+  token ids themselves, scored under both models at the sampling temperature
+  (:func:`rlaif.stages.generate.sample_logprobs`; the stage's doc says why without the top-k/top-p cut).
 
 Deviations from the usual win-rate evaluations (AlpacaEval, MT-Bench): the judge is the small
 frozen base, not a strong external model, so win-rates near 0.5 mean "the judge cannot tell", not
@@ -42,7 +44,7 @@ from rlaif.reporting.fmt import MISSING, fmt
 from rlaif.run import RunContext, say
 from rlaif.rundir import read_json, read_jsonl, sha256_dir, write_json, write_jsonl
 from rlaif.seeds import derive_seed
-from rlaif.stages.generate import generate_candidates, response_logprobs
+from rlaif.stages.generate import generate_candidates, sample_logprobs
 from rlaif.stages.prompts import load_pool, prompt_token_count
 
 # ---------------------------------------------------------------- metrics (pure functions)
@@ -149,6 +151,7 @@ class Evaluator:
             "eval": self.cfg.model_dump(), "generate": gen.model_dump(), "model": recipe.model.source,
             "seed": recipe.run.seed, "heldout": [p["id"] for p in self.heldout],
             "instructions": [p["id"] for p in self.instructions],
+            "kl": "sampled ids at the sampling temperature",  # responses cached before this scored re-tokenised text
         })
 
     # -- inputs
@@ -226,9 +229,10 @@ class Evaluator:
                 rows.append(r)
         text_of = {p["id"]: p["prompt"] for p in self.heldout + self.instructions}
         heldout = [r for r in rows if r["set"] == "heldout"]  # the KL estimate's samples
-        args = (self.ctx.tokenizer, [text_of[r["prompt_id"]] for r in heldout], [r["text"] for r in heldout])
-        own = response_logprobs(model, *args)
-        base = response_logprobs(self.base, *args) if m.adapter else own
+        args = (self.ctx.tokenizer, [text_of[r["prompt_id"]] for r in heldout], [r["token_ids"] for r in heldout],
+                self._gen_cfg(self.cfg.samples))
+        own = sample_logprobs(model, *args)
+        base = sample_logprobs(self.base, *args) if m.adapter else own
         for r, lp, lb in zip(heldout, own, base):
             r["logp_model"], r["logp_base"] = lp, lb
         constraints = {p["id"]: p["constraints"] for p in self.instructions}

@@ -19,7 +19,9 @@ rubric scored as an expected value, :class:`PointwiseJudge`); ``judge.critique``
 critique before the verdict (Constitutional AI's chain-of-thought variant, §4.2), which pays off only
 for models large enough to reason in text.
 
-A verdict needs one forward pass and the logits of the last position only; the tokens comparisons
+The prompt and the candidates are content, never control tokens: a view is built by
+:mod:`rlaif.chat`, so a candidate that writes ``<|im_end|>`` cannot close the judge's turn and answer
+for it. A verdict needs one forward pass and the logits of the last position only; the tokens comparisons
 share are computed once (:mod:`rlaif.judging.prefix_cache`). A failed verdict (non-finite logits) is a NaN value,
 counted, never an exception mid-round. How good each mode is on the bundled model:
 ``benchmarks/judge_bench.py`` and README's "How good is the judge?".
@@ -35,6 +37,8 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
+from rlaif import chat
+from rlaif.chat import left_pad
 from rlaif.errors import RlaifError
 from rlaif.judging.constitution import Constitution, load_constitution
 from rlaif.judging.prefix_cache import PrefixStore, last_logprobs
@@ -108,7 +112,7 @@ class ModelJudge:
 
     def text(self, c: Comparison) -> str:
         messages = self.constitution.render(c.principle, c.prompt, c.answer_a, c.answer_b, critique=self.critique)
-        prefix = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prefix = chat.render(self.tokenizer, messages)
         return prefix if self.critique else prefix + self.constitution.answer_prefix
 
     def __call__(self, comparisons: list[Comparison]) -> list[float]:
@@ -146,7 +150,7 @@ class PointwiseJudge:
 
     def text(self, prompt: str, answer: str) -> str:
         messages = self.constitution.render_pointwise(prompt, answer, critique=self.critique)
-        prefix = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prefix = chat.render(self.tokenizer, messages)
         return prefix if self.critique else prefix + self.score_prefix
 
     def __call__(self, items: list[tuple[str, str]]) -> list[dict]:
@@ -161,13 +165,16 @@ class PointwiseJudge:
 
 
 def read_labels(judge, texts: list[str], groups: list, label_ids: list[int]) -> tuple[torch.Tensor, list[str]]:
-    """log P(label) at the end of each text (after a generated critique if the judge asks for one)."""
+    """log P(label) at the end of each text (after a generated critique if the judge asks for one).
+
+    ``texts`` are views built with :func:`rlaif.chat.render`; a generated critique is model text, marked too.
+    """
     critiques: list[str] = []
     if judge.critique:
         critiques = [trim_critique(t) for t in greedy_generate(judge.model, judge.tokenizer, texts, judge.critique_tokens, judge.batch_size)]
         prefix = judge.verdict_prefix if not judge.pointwise else judge.score_prefix
-        texts = [t + c + prefix for t, c in zip(texts, critiques)]
-    seqs = [judge.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        texts = [t + chat.mark(judge.tokenizer, c) + prefix for t, c in zip(texts, critiques)]
+    seqs = [chat.encode(judge.tokenizer, t) for t in texts]
     bar = tqdm(total=len(seqs), desc="judge", unit="view", leave=False)
     logp = last_logprobs(judge.model, seqs, label_ids, judge.batch_size, judge.tokenizer.pad_token_id,
                          groups=groups, prefix_cache=judge.prefix_cache, progress=bar.update,
@@ -210,21 +217,17 @@ def pointwise_p(score_i: float, score_j: float, lo: float, hi: float) -> float:
 
 @torch.no_grad()
 def greedy_generate(model, tokenizer, texts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy continuations of already-templated texts (left-padded batches), special tokens dropped."""
+    """Greedy continuations of texts built with :func:`rlaif.chat.render` (left-padded batches), special tokens dropped."""
     out = [""] * len(texts)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = enc.to(model.device)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-            for r, i in enumerate(idx):
-                out[i] = tokenizer.decode(gen[r, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
+    seqs = [chat.encode(tokenizer, t) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(seqs[i]))
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        ids, mask, _ = left_pad([seqs[i] for i in idx], tokenizer.pad_token_id, model.device)
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+        for r, i in enumerate(idx):
+            out[i] = tokenizer.decode(gen[r, ids.shape[1] :], skip_special_tokens=True)
     return out
 
 
@@ -260,7 +263,7 @@ def continuation_ids(tokenizer, prefix: str, labels) -> tuple[str, list[int]] | 
 def label_token_ids(tokenizer, constitution: Constitution) -> tuple[int, int]:
     """The token id each label adds after the judge prompt; each label must be exactly one token."""
     probe = constitution.render("p", "q", "x", "y")
-    prefix = tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False) + constitution.answer_prefix
+    prefix = chat.render(tokenizer, probe) + constitution.answer_prefix
     got = continuation_ids(tokenizer, prefix, constitution.labels)
     if isinstance(got, str) or got[0] != prefix:
         label = got if isinstance(got, str) else constitution.labels[0]
@@ -275,7 +278,7 @@ def critique_label_ids(tokenizer, constitution: Constitution, prefix: str, label
                        after_critique: bool = True) -> tuple[str, list[int]]:
     """(prefix to write, label ids) for reading labels after ``prefix`` (after a critique or the rubric)."""
     probe = constitution.render_pointwise("q", "x", after_critique) if pointwise else constitution.render("p", "q", "x", "y", True)
-    head = tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+    head = chat.render(tokenizer, probe)
     head += "The answer is fine." if after_critique else ""
     got = continuation_ids(tokenizer, head + prefix, labels)
     if isinstance(got, str):

@@ -1,62 +1,99 @@
 """Stage 2, generate: the current policy samples K candidates per prompt.
 
-Prompts go through the model's chat template, batched with left padding and attention masks. Each
-batch is seeded from (run seed, round, batch index), so a redone stage reproduces the same samples.
-Every candidate also gets its summed log-probability under the policy and under the adapter-off
-base: their difference, averaged, is a Monte-Carlo estimate of KL(policy ‖ base) on its own samples,
-and it is the evidence that a round's candidates came from the previous round's adapter.
+Prompts go through the model's chat template (:mod:`rlaif.chat`: a prompt that writes a control token
+gets its characters, never the token), batched with left padding and attention masks. Each batch is
+seeded from (run seed, round, batch index), so a redone stage reproduces the same samples. Each
+candidate keeps the token ids it was sampled as (``token_ids``, ending with the stop token only when
+the sample really stopped), and the summed log-probability of those ids under the policy and under
+the adapter-off base (:func:`sample_logprobs`): their difference, averaged, is a Monte-Carlo estimate
+of KL(policy ‖ base) on the policy's own samples, and it is the evidence that a round's candidates
+came from the previous round's adapter.
+
+Sampling and scoring share one list of logits processors (:func:`sampling_processors`): repetition
+penalty, temperature, top-k, top-p, in transformers' order. ``generate`` is handed that list with its
+own warpers switched off, so nothing from a model's ``generation_config`` (Qwen's ``top_k: 20``, or
+transformers' default ``top_k: 50`` when ``generate.top_k`` is 0) changes the distribution behind
+rlaif's back, and the repetition penalty does not count left padding as repeated tokens.
+
+Deviation, on purpose: the KL is taken between the two models' distributions *at the sampling
+temperature and repetition penalty, without the top-k/top-p cut*. The KL between the two truncated
+samplers is +∞ as soon as one sampled token lies outside the base's nucleus, which happens on most
+rounds (a token near the policy's cut is often just beyond the base's), so a leash on it
+(``safeguards.max_kl``) would trip on noise. Without a cut (``top_p: 1``, ``top_k: 0``) the estimate
+is the unbiased Monte-Carlo estimate of the exact KL of the sampler; with one, samples come from the
+truncated sampler, so the estimate averages log π_T/b_T over what the policy actually emits
+(tests/test_kl.py checks both against enumeration). ``sequence_logprobs(..., truncate=True)`` scores
+under the full sampler, equal to the sampling log-probability of each sequence.
 """
 
 import statistics
 
 import torch
 from tqdm.auto import tqdm
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
+from rlaif import chat
+from rlaif.chat import left_pad
 from rlaif.config import GenerateConfig
 from rlaif.run import RunContext, say
 from rlaif.rundir import read_jsonl, sha256_dir, write_jsonl
 from rlaif.seeds import derive_seed
 
 
-def chat_prefix(tokenizer, prompt: str) -> str:
-    messages = [{"role": "user", "content": prompt}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
 def eos_ids(model, tokenizer) -> set[int]:
     ids = model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
     ids.add(tokenizer.eos_token_id)
+    ids.discard(None)
     return ids
+
+
+def sampling_processors(cfg: GenerateConfig, pads: torch.Tensor | None = None, truncate: bool = True) -> LogitsProcessorList:
+    """The processors candidates are sampled with, in transformers' order.
+
+    ``pads``: left-padding tokens per row, which the repetition penalty skips. ``truncate=False``
+    leaves out top-k and top-p (the distributions the KL estimate compares).
+    """
+    out = LogitsProcessorList()
+    if cfg.repetition_penalty != 1.0:
+        out.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty, prompt_ignore_length=pads))
+    if cfg.temperature != 1.0:
+        out.append(TemperatureLogitsWarper(cfg.temperature))
+    if truncate and cfg.top_k:
+        out.append(TopKLogitsWarper(cfg.top_k))
+    if truncate and cfg.top_p < 1.0:
+        out.append(TopPLogitsWarper(cfg.top_p))
+    return out
 
 
 @torch.no_grad()
 def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConfig, seed: int) -> list[dict]:
-    """Rows ``{prompt_id, candidate, text, num_tokens, truncated}``, K per prompt, in prompt order."""
+    """Rows ``{prompt_id, candidate, text, num_tokens, truncated, token_ids}``, K per prompt, in prompt order."""
     stop = eos_ids(model, tokenizer)
     rows = []
     bar = tqdm(total=len(prompts) * cfg.num_candidates, desc="generate", unit="cand")
     for b in range(0, len(prompts), cfg.batch_size):
         batch = prompts[b : b + cfg.batch_size]
-        enc = tokenizer(
-            [chat_prefix(tokenizer, p["prompt"]) for p in batch],
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
-        ).to(model.device)
+        ids, mask, pads = left_pad([chat.prompt_ids(tokenizer, p["prompt"]) for p in batch], tokenizer.pad_token_id, model.device)
         torch.manual_seed(derive_seed(seed, "generate", b))
         out = model.generate(
-            **enc,
+            input_ids=ids,
+            attention_mask=mask,
             do_sample=True,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=cfg.top_k or None,
-            repetition_penalty=cfg.repetition_penalty,
+            temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0,  # all in the processors below
+            logits_processor=sampling_processors(cfg, pads.repeat_interleave(cfg.num_candidates)),
             max_new_tokens=cfg.max_new_tokens,
             num_return_sequences=cfg.num_candidates,
             pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=sorted(stop),
         )
-        new = out[:, enc["input_ids"].shape[1] :].tolist()
+        new = out[:, ids.shape[1] :].tolist()
         for s, tokens in enumerate(new):
             prompt = batch[s // cfg.num_candidates]
             end = next((i for i, t in enumerate(tokens) if t in stop), None)
@@ -68,6 +105,7 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
                     "text": tokenizer.decode(kept, skip_special_tokens=True).strip(),
                     "num_tokens": len(kept),
                     "truncated": end is None,
+                    "token_ids": tokens if end is None else tokens[: end + 1],  # as sampled: the stop token if any
                 }
             )
         bar.update(len(new))
@@ -76,31 +114,37 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
 
 
 @torch.no_grad()
-def response_logprobs(model, tokenizer, prompt_texts: list[str], responses: list[str], batch_size: int = 8) -> list[float]:
-    """Summed log-probability of each response (plus its end-of-turn token) after its chat prompt.
+def sequence_logprobs(model, prompts: list[list[int]], sequences: list[list[int]], cfg: GenerateConfig,
+                      batch_size: int = 8, truncate: bool = False) -> list[float]:
+    """Summed log-probability of each sampled sequence after its prompt, under ``cfg``'s processors.
 
-    Rows are left-padded with explicit position ids, so every response ends in the last column and
-    the vocabulary projection runs only over the last ``longest response + 1`` positions (the logits
-    of a 49k vocabulary dominate the cost otherwise).
+    Every sampled token counts (the stop token too, when the sample ended with one); nothing is
+    appended. Rows are left-padded to a common prompt width with explicit position ids, so every
+    sequence starts in the same column and the vocabulary projection runs only over the last
+    ``longest sequence + 1`` positions.
     """
     out = []
-    pad = tokenizer.pad_token_id
-    for b in range(0, len(responses), batch_size):
-        ids, lens = [], []
-        for prompt, response in zip(prompt_texts[b : b + batch_size], responses[b : b + batch_size]):
-            p = tokenizer(chat_prefix(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-            r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            ids.append(p + r)
-            lens.append(len(r))
-        width, keep = max(len(x) for x in ids), max(lens) + 1
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=model.device)
-        masks = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=model.device)
-        positions = (masks.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=input_ids, attention_mask=masks, position_ids=positions, logits_to_keep=keep).logits
-        targets = input_ids[:, width - keep + 1 :]
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
-        for i, n in enumerate(lens):
-            out.append(logp[i, keep - 1 - n :].sum().item())
+    for b in range(0, len(sequences), batch_size):
+        ps, ss = prompts[b : b + batch_size], sequences[b : b + batch_size]
+        steps = max(len(s) for s in ss)
+        if steps == 0:
+            out += [0.0] * len(ss)
+            continue
+        width = max(len(p) for p in ps)
+        ids, mask, pads = left_pad([p + s + [0] * (steps - len(s)) for p, s in zip(ps, ss)], 0, model.device)
+        for r, s in enumerate(ss):  # the right padding after a short sequence is not attended to
+            mask[r, mask.shape[1] - (steps - len(s)) :] = 0
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=steps + 1).logits
+        processors = sampling_processors(cfg, pads, truncate)
+        lens = torch.tensor([len(s) for s in ss], device=model.device)
+        total = torch.zeros(len(ss), dtype=torch.float64, device=model.device)
+        for t in range(steps):
+            col = width + t  # the column of step t's token (every row starts its sequence here)
+            scores = processors(ids[:, :col], logits[:, t].float())
+            logp = torch.log_softmax(scores, dim=-1).gather(-1, ids[:, col, None]).squeeze(-1)
+            total += torch.where(t < lens, logp.double(), 0.0)
+        out += total.tolist()
     return out
 
 
@@ -111,9 +155,9 @@ def run(ctx: RunContext, n: int) -> dict:
     say(f"round {n}: policy = base" + (f" + {ctx.rel(adapter)}" if adapter else ""))
     rows = generate_candidates(model, ctx.tokenizer, prompts, ctx.recipe.generate, ctx.seed(n, "generate"))
     text_of = {p["id"]: p["prompt"] for p in prompts}
-    args = (ctx.tokenizer, [text_of[r["prompt_id"]] for r in rows], [r["text"] for r in rows])
-    policy = response_logprobs(model, *args)
-    base = response_logprobs(ctx.load_base(), *args) if adapter else policy
+    args = (ctx.tokenizer, [text_of[r["prompt_id"]] for r in rows], [r["token_ids"] for r in rows], ctx.recipe.generate)
+    policy = sample_logprobs(model, *args)
+    base = sample_logprobs(ctx.load_base(), *args) if adapter else policy
     for row, lp, lb in zip(rows, policy, base):
         row["logp_policy"], row["logp_base"] = lp, lb
     write_jsonl(ctx.run.path(n, "candidates.jsonl"), rows)
@@ -128,3 +172,8 @@ def run(ctx: RunContext, n: int) -> dict:
         "policy_adapter": ctx.rel(adapter),
         "policy_adapter_sha256": sha256_dir(adapter) if adapter else None,
     }
+def sample_logprobs(model, tokenizer, prompt_texts: list[str], token_ids: list[list[int]], cfg: GenerateConfig,
+                    batch_size: int = 8) -> list[float]:
+    """The KL estimate's log-probabilities of sampled ``token_ids`` after their (templated) prompts."""
+    prompts = [chat.prompt_ids(tokenizer, t) for t in prompt_texts]
+    return sequence_logprobs(model, prompts, token_ids, cfg, batch_size, truncate=False)

@@ -34,6 +34,10 @@ Two optional safeguards against collapse:
   eligible candidate, gets none (counted as ``anchor_missing_reference`` / ``anchor_no_candidate``).
 
 Everything set aside or dropped is counted by reason and written next to the kept pairs.
+
+A cut-off candidate is never trained as a finished turn: with ``drop_truncated: false`` it may still
+be paired, but every pair records ``chosen_truncated`` / ``rejected_truncated``, and the trainer
+leaves such a response open (no end-of-turn token; :func:`rlaif.stages.train_dpo.to_dataset`).
 """
 
 import hashlib
@@ -136,6 +140,8 @@ def build_pairs(prompts: list[dict], candidates: list[dict], verdicts: list[dict
                 "rejected": cands[(pid, lo)]["text"],
                 "chosen_candidate": hi,
                 "rejected_candidate": lo,
+                "chosen_truncated": bool(cands[(pid, hi)]["truncated"]),
+                "rejected_truncated": bool(cands[(pid, lo)]["truncated"]),
                 "p_chosen": p,
                 "margin": (p - 0.5) if not math.isnan(p) else math.nan,
                 "source": "judge",
@@ -169,6 +175,8 @@ def _anchor(prompt: dict, eligible: list[int], cands: dict, pairs: list, dropped
         "rejected": None if lo is None else cands[(pid, lo)]["text"],
         "chosen_candidate": None,
         "rejected_candidate": lo,
+        "chosen_truncated": False,  # a human-written reference answer is complete
+        "rejected_truncated": None if lo is None else bool(cands[(pid, lo)]["truncated"]),
         "p_chosen": None,
         "margin": None,
         "source": "reference",

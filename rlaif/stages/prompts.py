@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from rlaif import chat
 from rlaif.config import PromptsConfig
 from rlaif.errors import RlaifError
 from rlaif.run import RunContext
@@ -231,8 +232,7 @@ def load_pool(cfg: PromptsConfig) -> PromptPool:
 
 
 def prompt_token_count(tokenizer, prompt: str) -> int:
-    messages = [{"role": "user", "content": prompt}]
-    return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+    return len(chat.prompt_ids(tokenizer, prompt))  # as generation tokenises it
 
 
 def select_round(pool: PromptPool, tokenizer, round_n: int, per_round: int, max_tokens: int, seed: int):

@@ -10,6 +10,12 @@ rlaif wraps the trainer; it does not reimplement DPO (Rafailov et al. 2023). Wha
   n−1's weights. ``previous``: the reference is a frozen copy of the adapter the round starts from
   (TRL's "ref" adapter), as in iterative DPO / Self-Rewarding LMs, where iteration t+1 is trained
   against M_t.
+- **Tokenisation is ours.** TRL 1.16's DPOTrainer tokenises conversational rows itself, parsing
+  control tokens in content and closing every response with the end-of-turn token. We hand it rows
+  already tokenised by :mod:`rlaif.chat` (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, split as
+  TRL splits them) through :class:`TokenizedDPOTrainer`: content that writes ``<|im_end|>`` stays
+  text, and a candidate cut off at ``max_new_tokens`` (``chosen_truncated`` / ``rejected_truncated``
+  in pairs.jsonl) is left open, so DPO never teaches the model to end a turn mid-sentence.
 - **Evidence.** TRL's own evaluation runs on the round's pairs before and after training; its
   ``rewards/margins`` (β·[(log π − log π_ref)(chosen) − (…)(rejected)]) must move toward the chosen
   responses. The adapter's distance from where the round started is recorded too.
@@ -20,24 +26,42 @@ import shutil
 from datasets import Dataset
 from trl import DPOTrainer
 
+from rlaif import chat
 from rlaif.config import build_trl_config
 from rlaif.lora import adapter_distance, make_trainer, save_adapter, trainable_state
 from rlaif.run import RunContext, say
 from rlaif.rundir import TMP_MARK, commit_dir, read_jsonl, sha256_dir, write_jsonl
 
 
-def to_dataset(pairs: list[dict]):
-    """Conversational preference rows for TRL: the chat template is applied by the trainer."""
-    return Dataset.from_list(
-        [
-            {
-                "prompt": [{"role": "user", "content": p["prompt"]}],
-                "chosen": [{"role": "assistant", "content": p["chosen"]}],
-                "rejected": [{"role": "assistant", "content": p["rejected"]}],
-            }
-            for p in pairs
-        ]
-    )
+def to_dataset(pairs: list[dict], tokenizer):
+    """Tokenised preference rows for :class:`TokenizedDPOTrainer` (see the module doc).
+
+    The prompt is the common prefix of the two templated exchanges, as TRL splits it; a response
+    marked truncated in the pair is left open (no end-of-turn token).
+    """
+    rows = []
+    for p in pairs:
+        prompt, chosen = chat.response_ids(tokenizer, p["prompt"], p["chosen"], not p.get("chosen_truncated", False))
+        prompt_r, rejected = chat.response_ids(tokenizer, p["prompt"], p["rejected"], not p.get("rejected_truncated", False))
+        n = chat.common_prefix(prompt, prompt_r)
+        rows.append({"prompt_ids": prompt[:n], "chosen_ids": prompt[n:] + chosen, "rejected_ids": prompt_r[n:] + rejected})
+    return Dataset.from_list(rows)
+
+
+class TokenizedDPOTrainer(DPOTrainer):
+    """TRL's DPOTrainer on rows that are already tokenised (``prompt_ids``, ``chosen_ids``, ``rejected_ids``).
+
+    TRL 1.16 always re-tokenises in ``_prepare_dataset`` (its ``evaluate`` comment calls that method
+    idempotent on tokenised data; it is not). This keeps what TRL does after tokenising: dropping rows
+    whose prompt alone fills ``max_length`` under ``keep_start`` truncation.
+    """
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if "prompt_ids" not in dataset.column_names:
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        if args.max_length is not None and args.truncation_mode == "keep_start":
+            dataset = dataset.filter(lambda row: len(row["prompt_ids"]) < args.max_length)
+        return dataset
 
 
 def _eval_metrics(trainer) -> dict:
@@ -70,10 +94,12 @@ def run(ctx: RunContext, n: int) -> dict:
 def train_dpo(ctx: RunContext, n: int, pairs: list[dict], start_adapter, out_dir, work_dir):
     """Train one round's adapter and save it to ``out_dir`` (atomically). Returns (metrics, log_history)."""
     recipe, tokenizer = ctx.recipe, ctx.tokenizer
-    dataset = to_dataset(pairs)
+    dataset = to_dataset(pairs, tokenizer)
     tokenizer.padding_side = "left"
+    args = build_trl_config(recipe, "dpo", work_dir)
+    args.seed = ctx.seed(n, "train")  # each round's trainer draws its own stream
     trainer = make_trainer(
-        DPOTrainer, ctx, start_adapter, build_trl_config(recipe, "dpo", work_dir),
+        TokenizedDPOTrainer, ctx, start_adapter, args,
         train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer, callbacks=ctx.trainer_callbacks(n),
     )
     before_state = trainable_state(trainer.model)

@@ -20,7 +20,13 @@ What is ours, and where it deviates:
   papers judge iteration t+1's samples with M_t; ``live`` scores with the adapter being trained.
 - **Truncated completions** (no end-of-turn within ``max_completion_length``) keep their place in
   the group but lose ``train.truncation_penalty`` reward, instead of being masked: with short
-  completions on a small model most samples would be masked and the signal lost.
+  completions on a small model most samples would be masked and the signal lost. A completion has
+  ended when it holds any id TRL stops on (:func:`rlaif.stages.generate.eos_ids`: the tokenizer's
+  EOS and every id of ``generation_config.eos_token_id``, as Qwen2.5 and Llama-3 list several).
+- **Prompts are content.** TRL tokenises the prompts; ``chat_template_kwargs`` has it use
+  transformers' ``sanitize_control_tokens`` with :mod:`rlaif.chat`'s control tokens, so a prompt
+  that writes ``<|im_end|>`` gets its characters, never the token. Completions reach the judge as
+  decoded text and are marked there.
 - **Zero-signal groups** (all rewards equal) produce zero advantages under a group baseline; they
   are counted, not hidden.
 """
@@ -35,13 +41,15 @@ from pathlib import Path
 import trl
 from datasets import Dataset
 
-from rlaif.config import build_trl_config
+from rlaif import chat
+from rlaif.config import Recipe, build_trl_config
 from rlaif.judging.constitution import Constitution
 from rlaif.judging.judges import PairJudge, build_judge, judge_candidates
 from rlaif.judging.rank import mean_wins, win_matrix
 from rlaif.lora import adapter_distance, make_trainer, save_adapter, trainable_state
 from rlaif.run import RunContext, say
 from rlaif.rundir import TMP_MARK, read_jsonl, sha256_dir, write_jsonl
+from rlaif.stages.generate import eos_ids
 
 
 def _text(completion) -> str:
@@ -61,15 +69,16 @@ class JudgeReward:
 
     TRL passes completions flattened, ``num_generations`` consecutive ones per prompt, plus every
     extra dataset column (we pass ``prompt_id``) repeated to match. Groups are checked to share one
-    prompt id, so a reward never lands on another prompt's completion.
+    prompt id, so a reward never lands on another prompt's completion. ``eos_token_ids``: every id
+    that ends a completion (:func:`rlaif.stages.generate.eos_ids`).
     """
 
     __name__ = "constitution_judge"
 
     def __init__(self, judge: PairJudge, constitution: Constitution, num_generations: int, principles: str,
-                 seed: int, eos_token_id: int, truncation_penalty: float):
+                 seed: int, eos_token_ids, truncation_penalty: float):
         self.judge, self.constitution, self.k = judge, constitution, num_generations
-        self.principles, self.seed, self.eos, self.penalty = principles, seed, eos_token_id, truncation_penalty
+        self.principles, self.seed, self.eos, self.penalty = principles, seed, set(eos_token_ids), truncation_penalty
         self.records: list[dict] = []
         self.groups = 0
         self.zero_signal_groups = 0
@@ -88,7 +97,7 @@ class JudgeReward:
             pid = prompt_id[g]
             texts = [_text(c) for c in completions[g : g + self.k]]
             truncated = [
-                completion_ids is not None and self.eos not in list(completion_ids[g + i]) for i in range(self.k)
+                completion_ids is not None and not self.eos.intersection(list(completion_ids[g + i])) for i in range(self.k)
             ]
             group_id = f"{pid}@{self.calls}:{g // self.k}"
             cands = [{"prompt_id": group_id, "candidate": i, "text": t} for i, t in enumerate(texts)]
@@ -139,26 +148,46 @@ def run(ctx: RunContext, n: int) -> dict:
             "adapter_sha256": sha256_dir(ctx.run.adapter(n))}
 
 
-def train_rl(ctx: RunContext, n: int, prompts: list[dict], judge, start_adapter: Path | None, out_dir: Path,
-             work_dir: Path):
-    """One round of GRPO or RLOO. ``judge`` None: judge with the adapter being trained (rl_judge=live).
-    ``callbacks``: transformers ``TrainerCallback``s for the trainer (e.g. the W&B forwarder).
+def rl_args(recipe: Recipe, tokenizer, work_dir: Path, seed: int | None = None):
+    """TRL's GRPOConfig / RLOOConfig for a round: the recipe's, with the round's trainer ``seed``
+    (None keeps ``run.seed``) and prompts tokenised with control tokens in content kept as text."""
+    args = build_trl_config(recipe, recipe.train.method, work_dir)
+    if seed is not None:
+        args.seed = seed
+    args.chat_template_kwargs = {**(args.chat_template_kwargs or {}), **chat.trl_chat_kwargs(tokenizer)}
+    return args
 
-    Returns (metrics, log_history, completion records).
+
+def build_rl_trainer(ctx: RunContext, n: int, prompts: list[dict], judge, start_adapter: Path | None, work_dir: Path):
+    """(TRL trainer, its :class:`JudgeReward`) for round n of GRPO or RLOO, not yet trained.
+
+    ``judge`` None: judge with the adapter being trained (rl_judge=live). The judge samples its principles
+    with the round's judge seed; the trainer gets the round's own seed.
     """
-    recipe, tokenizer, constitution, seed = ctx.recipe, ctx.tokenizer, ctx.constitution, ctx.seed(n, "judge")
-    method = recipe.train.method
-    trainer_cls = trl.GRPOTrainer if method == "grpo" else trl.RLOOTrainer
-    args = build_trl_config(recipe, method, work_dir)
-    reward = JudgeReward(judge, constitution, args.num_generations, recipe.judge.principles, seed,
-                         tokenizer.eos_token_id, recipe.train.truncation_penalty)
+    recipe, tokenizer, constitution = ctx.recipe, ctx.tokenizer, ctx.constitution
+    trainer_cls = trl.GRPOTrainer if recipe.train.method == "grpo" else trl.RLOOTrainer
+    args = rl_args(recipe, tokenizer, work_dir, ctx.seed(n, "train"))
+    reward = JudgeReward(judge, constitution, args.num_generations, recipe.judge.principles, ctx.seed(n, "judge"),
+                         {tokenizer.eos_token_id}, recipe.train.truncation_penalty)
     tokenizer.padding_side = "left"
     trainer = make_trainer(trainer_cls, ctx, start_adapter, args, reward_funcs=[reward],
                            train_dataset=to_prompt_dataset(prompts), processing_class=tokenizer,
                            callbacks=ctx.trainer_callbacks(n))
+    reward.eos = eos_ids(trainer.model, tokenizer)  # the ids TRL stops generation on
     if judge is None:
         model = trainer.accelerator.unwrap_model(trainer.model)
         reward.judge = _LiveJudge(build_judge(recipe.judge, model, tokenizer, constitution), model)
+    return trainer, reward
+
+
+def train_rl(ctx: RunContext, n: int, prompts: list[dict], judge, start_adapter: Path | None, out_dir: Path,
+             work_dir: Path):
+    """One round of GRPO or RLOO (:func:`build_rl_trainer`), saved to ``out_dir``.
+
+    Returns (metrics, log_history, completion records).
+    """
+    recipe, method = ctx.recipe, ctx.recipe.train.method
+    trainer, reward = build_rl_trainer(ctx, n, prompts, judge, start_adapter, work_dir)
     before = trainable_state(trainer.model)
     t0 = time.perf_counter()
     trainer.train()
