@@ -46,8 +46,9 @@ import torch
 from rlaif import chat
 from rlaif.config import JudgeConfig
 from rlaif.judging.constitution import load_constitution
-from rlaif.judging.judges import Comparison, ModelJudge, PointwiseJudge, greedy_generate, pick_principle, sigmoid
+from rlaif.judging.judges import ModelJudge, PointwiseJudge, greedy_generate
 from rlaif.judging.reliability import length_preference, pearson
+from rlaif.judging.verdicts import Comparison, pick_principle, sigmoid
 from rlaif.models import load_model, load_tokenizer, model_kwargs, resolve_model
 
 HERE = Path(__file__).resolve().parent

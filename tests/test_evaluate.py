@@ -9,7 +9,7 @@ from conftest import tiny_recipe, write_recipe
 from rlaif.cli import main
 from rlaif.config import SafeguardsConfig
 from rlaif.evaluation import evaluate
-from rlaif.evaluation.evaluate import collapse_signals, distinct_n, self_similarity, win_rate
+from rlaif.evaluation.metrics import collapse_signals, distinct_n, self_similarity, win_rate
 from rlaif.evaluation.safeguards import broken_rules
 from rlaif.rundir import read_json, read_jsonl
 

@@ -6,7 +6,8 @@ import torch
 from rlaif.config import GenerateConfig
 from rlaif.errors import RlaifError
 from rlaif.judging.constitution import constitution_from_dict, load_constitution
-from rlaif.judging.judges import Comparison, ModelJudge, label_token_ids
+from rlaif.judging.judges import ModelJudge, label_token_ids
+from rlaif.judging.verdicts import Comparison
 from rlaif.models import load_model, load_tokenizer
 from rlaif.stages.generate import generate_candidates, sample_logprobs
 

@@ -11,20 +11,16 @@ from rlaif.config import JudgeConfig, recipe_from_dict
 from rlaif.errors import RlaifError
 from rlaif.judging.constitution import Rubric, constitution_from_dict, load_constitution
 from rlaif.judging.judges import (
-    Comparison,
     ModelJudge,
     PointwiseJudge,
     build_judge,
     continuation_ids,
-    expected_score,
     greedy_generate,
-    judge_candidates,
-    pointwise_p,
     trim_critique,
-    verdict_metrics,
 )
 from rlaif.judging.prefix_cache import last_logprobs, lcp_len
 from rlaif.judging.rank import rank_all
+from rlaif.judging.verdicts import Comparison, expected_score, judge_candidates, pointwise_p, verdict_metrics
 from rlaif.models import load_model, load_tokenizer
 from rlaif.rundir import read_json, read_jsonl
 

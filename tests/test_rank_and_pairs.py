@@ -5,8 +5,8 @@ import pytest
 
 from rlaif.config import PairsConfig
 from rlaif.judging.constitution import load_constitution
-from rlaif.judging.judges import Comparison, combine_orders, judge_candidates, verdict_metrics
 from rlaif.judging.rank import bradley_terry, rank_all, rank_candidates, win_matrix
+from rlaif.judging.verdicts import Comparison, combine_orders, judge_candidates, verdict_metrics
 from rlaif.stages.pairs import anchor_prompts, build_pairs
 
 

@@ -10,7 +10,7 @@
 - ``reference_agreement``: share of pairs where two judges (e.g. the policy and the frozen base)
   pick the same winner.
 
-Verdict rows are those of :func:`rlaif.judging.judges.judge_candidates`: ``prompt_id, i, j, p_i`` (NaN = failed).
+Verdict rows are those of :func:`rlaif.judging.verdicts.judge_candidates`: ``prompt_id, i, j, p_i`` (NaN = failed).
 """
 
 import itertools

@@ -5,9 +5,10 @@ this stage only reads the round's files, asks the run context for the judge mode
 verdicts and rankings.
 """
 
-from rlaif.judging.judges import build_judge, judge_candidates, verdict_metrics
+from rlaif.judging.judges import build_judge
 from rlaif.judging.rank import rank_all
 from rlaif.judging.reliability import reference_agreement, reliability_metrics
+from rlaif.judging.verdicts import judge_candidates, verdict_metrics
 from rlaif.run import RunContext
 from rlaif.rundir import read_jsonl, write_jsonl
 

@@ -44,8 +44,9 @@ from datasets import Dataset
 from rlaif import chat
 from rlaif.config import Recipe, build_trl_config
 from rlaif.judging.constitution import Constitution
-from rlaif.judging.judges import PairJudge, build_judge, judge_candidates
+from rlaif.judging.judges import build_judge
 from rlaif.judging.rank import mean_wins, win_matrix
+from rlaif.judging.verdicts import PairJudge, judge_candidates
 from rlaif.lora import adapter_distance, make_trainer, save_adapter, trainable_state
 from rlaif.run import RunContext, say
 from rlaif.rundir import TMP_MARK, read_jsonl, sha256_dir, write_jsonl
