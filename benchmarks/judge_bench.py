@@ -3,7 +3,7 @@
     python benchmarks/judge_bench.py --threads 1           # bundled model, every mode, ~20 min on 2 quiet CPU cores
     python benchmarks/judge_bench.py --limit 28 --modes pairwise,pointwise --out bench.json
 
-``benchmarks/judge_set.jsonl`` holds pairs written for this project where one answer is unambiguously
+``rlaif/data/judge_set.jsonl`` holds pairs written for this project where one answer is unambiguously
 better (categories: fact, arithmetic, on_topic, constraint, safety, complete, concise). Pairs are
 taken round-robin over categories, so any ``--limit`` is balanced.
 
@@ -63,7 +63,7 @@ SCORE_RE = re.compile(r"score\s*[:=]?\s*\**\s*([0-5])\b", re.IGNORECASE)
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="bundled", help="model source (bundled, folder or hub id)")
-    p.add_argument("--set", dest="judge_set", default=str(HERE / "judge_set.jsonl"), help="labelled pairs (JSONL)")
+    p.add_argument("--set", dest="judge_set", default=str(HERE.parent / "rlaif" / "data" / "judge_set.jsonl"), help="labelled pairs (JSONL)")
     p.add_argument("--constitution", default="default")
     p.add_argument("--modes", default=",".join(ALL_MODES), help=f"comma-separated, from: {', '.join(ALL_MODES)}")
     p.add_argument("--limit", type=int, default=0, help="pairs for the cheap modes (0 = all 126)")

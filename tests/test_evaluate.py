@@ -7,10 +7,11 @@ import pytest
 from conftest import tiny_recipe, write_recipe
 
 from rlaif.cli import main
-from rlaif.config import SafeguardsConfig
+from rlaif.config import SafeguardsConfig, recipe_from_dict
 from rlaif.evaluation import evaluate
-from rlaif.evaluation.metrics import collapse_signals, distinct_n, self_similarity, win_rate
+from rlaif.evaluation.metrics import collapse_signals, distinct_n, judge_set_accuracy, self_similarity, win_rate
 from rlaif.evaluation.safeguards import broken_rules
+from rlaif.run import RunContext
 from rlaif.rundir import read_json, read_jsonl
 
 # ---------------------------------------------------------------- metric maths
@@ -46,6 +47,33 @@ def test_collapse_signals_see_repetition_and_kl():
     assert s["kl_to_base"] == pytest.approx(2.0) and s["truncated_share"] == 1.0 and s["std_tokens"] == 0.0
 
 
+def test_judge_set_accuracy_counts_ties_and_failures_as_half():
+    assert judge_set_accuracy([0.9, 0.2, 0.5, math.nan, 0.51]) == pytest.approx((1 + 0 + 0.5 + 0.5 + 1) / 5)
+    assert math.isnan(judge_set_accuracy([]))
+
+
+def test_the_evaluation_judge_is_the_more_accurate_pointwise_one_by_default():
+    assert recipe_from_dict({}).eval.judge_mode == "pointwise"
+
+
+def test_judge_accuracy_is_measured_on_the_labelled_pairs_and_cached(tiny_model, tmp_path, monkeypatch):
+    """The accuracy is the share of the 126 pairs whose better answer the judge prefers, from its own verdicts."""
+    recipe = recipe_from_dict(tiny_recipe(tiny_model, tmp_path / "out", eval=EVAL))
+    ev = evaluate.Evaluator(RunContext(recipe))
+    planted = [0.9 if i % 3 else 0.1 for i in range(126)]  # a judge right on 2 pairs of 3
+    calls = []
+
+    def judge_candidates(judge, constitution, prompts, candidates, principles, seed):
+        calls.append((len(prompts), len(candidates)))
+        assert [c["text"] for c in candidates[:2]] == [evaluate.load_judge_set()[0][k] for k in ("better", "worse")]
+        return [{"prompt_id": p["id"], "i": 0, "j": 1, "p_i": q} for p, q in zip(prompts, planted)]
+
+    monkeypatch.setattr(evaluate, "judge_candidates", judge_candidates)
+    first = ev.judge_accuracy()
+    assert first == {"accuracy": pytest.approx(84 / 126), "pairs": 126, "set": "rlaif/data/judge_set.jsonl"}
+    assert ev.judge_accuracy() == first and calls == [(126, 252)]  # cached: measured once
+
+
 def test_safeguard_rules_name_the_numbers_that_broke_them():
     base = {"distinct_2": 0.8, "mean_tokens": 40.0, "if_constraint_accuracy": 0.6}
     healthy = {"distinct_2": 0.75, "mean_tokens": 44.0, "if_constraint_accuracy": 0.55, "win_rate_vs_previous": 0.5,
@@ -64,7 +92,7 @@ def test_safeguard_rules_name_the_numbers_that_broke_them():
 # ---------------------------------------------------------------- the eval command and the loop
 
 
-EVAL = {"instructions": "none", "heldout_prompts": 6, "samples": 2, "bootstrap": 200}
+EVAL = {"instructions": "none", "heldout_prompts": 6, "samples": 2, "bootstrap": 200, "judge_mode": "pairwise"}
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +136,9 @@ def test_eval_command_prints_the_table_and_reuses_cached_work(evaluated_run, cap
     for name in ("base", "round_001", "round_002"):
         assert name in table
     assert "win vs base" in table and "6 held-out prompts x2 samples" in table
+    judge = read_json(evaluated_run / "eval/judge_accuracy.json")["accuracy"]
+    assert judge["pairs"] == 126 and f"judge acc {judge['accuracy']:.2f}" in table.splitlines()[0]
+    assert f"accuracy {judge['accuracy']:.2f} on 126 labelled pairs" in table
     results = read_json(evaluated_run / "eval/results.json")
     assert [m["name"] for m in results["models"]] == ["base", "round_001", "round_002"]
     assert {p: p.stat().st_mtime_ns for p in (evaluated_run / "eval").rglob("*.jsonl")} == before

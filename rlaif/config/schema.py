@@ -234,7 +234,10 @@ class EvalConfig(Section):
         "base", "The judge that does not move: `base` (the frozen base model) or another model (hub id or folder)."
     )
     judge_mode: Literal["pairwise", "pointwise"] = _f(
-        "pairwise", "`pairwise`: each head-to-head judged in both orders; `pointwise`: rubric scores compared."
+        "pointwise",
+        "`pointwise` (the more accurate mode on the judge set: 0.69 vs 0.47 for the bundled model): rubric scores "
+        "compared; `pairwise`: each head-to-head judged in both orders. The judge's accuracy on the judge set is "
+        "measured by `rlaif eval` and printed beside every win-rate.",
     )
     max_new_tokens: Int = _f(0, "Longest evaluated response (0 = generate.max_new_tokens).", ge=0)
     each_round: bool = _f(

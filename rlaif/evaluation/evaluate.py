@@ -32,12 +32,13 @@ import hashlib
 import json
 import math
 import statistics
+from importlib import resources
 from pathlib import Path
 
 from rlaif.config import Recipe
 from rlaif.errors import RlaifError
 from rlaif.evaluation import checks as checkers
-from rlaif.evaluation.metrics import collapse_signals, instruction_metrics, win_rate
+from rlaif.evaluation.metrics import collapse_signals, instruction_metrics, judge_set_accuracy, win_rate
 from rlaif.judging.judges import build_judge
 from rlaif.judging.verdicts import judge_candidates
 from rlaif.reporting.fmt import MISSING, fmt
@@ -192,6 +193,26 @@ class Evaluator:
             self._judge = build_judge(cfg, model, tokenizer, self.ctx.constitution)
         return self._judge
 
+    def judge_accuracy(self) -> dict:
+        """The evaluation judge's accuracy on the labelled judge set (``rlaif/data/judge_set.jsonl``: 126 pairs
+        written for this project, one answer plainly better), measured once per judge and cached: a win-rate
+        means as much as the judge that called it, so every win-rate is printed beside this number."""
+        pairs = load_judge_set()
+        key = fingerprint({"judge": self.cfg.judge_model, "mode": self.cfg.judge_mode,
+                           "judge_cfg": self.recipe.judge.model_dump(), "pairs": pairs})
+        path = self.root / "judge_accuracy.json"
+        if path.is_file() and read_json(path).get("key") == key:
+            return read_json(path)["accuracy"]
+        say(f"eval: measuring the judge ({self.cfg.judge_model}, {self.cfg.judge_mode}) on {len(pairs)} labelled pairs")
+        prompts = [{"id": p["id"], "prompt": p["prompt"]} for p in pairs]
+        candidates = [{"prompt_id": p["id"], "candidate": i, "text": p[side]}
+                      for p in pairs for i, side in enumerate(("better", "worse"))]
+        verdicts = judge_candidates(self.judge, self.ctx.constitution, prompts, candidates, "all", self.recipe.run.seed)
+        out = {"accuracy": judge_set_accuracy([v["p_i"] for v in verdicts]), "pairs": len(pairs),
+               "set": "rlaif/data/judge_set.jsonl"}
+        write_json(path, {"key": key, "accuracy": out})
+        return out
+
     def compare(self, a: Model, b: Model) -> list[dict]:
         """Per held-out prompt: P(a's first sample beats b's), both orders (cached)."""
         ra, rb = (self._first_samples(self.responses(m)) for m in (a, b))
@@ -250,7 +271,7 @@ class Evaluator:
     def results(self, models: list[Model]) -> dict:
         out = {
             "rlaif": "eval results",
-            "judge": {"model": self.cfg.judge_model, "mode": self.cfg.judge_mode},
+            "judge": {"model": self.cfg.judge_model, "mode": self.cfg.judge_mode, **self.judge_accuracy()},
             "heldout_prompts": len(self.heldout),
             "samples": self.cfg.samples,
             "instruction_prompts": len(self.instructions),
@@ -259,6 +280,11 @@ class Evaluator:
         }
         write_json(self.root / "results.json", out)
         return out
+
+
+def load_judge_set() -> list[dict]:
+    text = resources.files("rlaif.data").joinpath("judge_set.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _nanmean(xs: list[float]) -> float:
@@ -305,8 +331,9 @@ def evaluate_round(ctx: RunContext, n: int) -> dict:
         raise RlaifError(f"round {n}: stage 'evaluate' needs the round's adapter ({m.adapter})")
     base = ev.summarize(Model("base", 0, None))
     row = ev.summarize(m)
-    write_json(ctx.run.path(n, "eval.json"), {"model": row, "base": base})
-    return {"model": row, "base": base}
+    judge = {"model": ev.cfg.judge_model, "mode": ev.cfg.judge_mode, **ev.judge_accuracy()}
+    write_json(ctx.run.path(n, "eval.json"), {"model": row, "base": base, "judge": judge})
+    return {"model": row, "base": base, "judge": judge}
 
 
 def format_table(results: dict) -> str:
@@ -318,7 +345,9 @@ def format_table(results: dict) -> str:
         lo, hi = row[f"{key}_ci"]
         return f"{fmt(row[key])} [{fmt(lo)}, {fmt(hi)}]"
 
-    head = ["model", "win vs base [95% CI]", "win vs prev [95% CI]", "IF prompts", "IF constraints",
+    j = results["judge"]
+    acc = f"judge acc {fmt(j.get('accuracy'))}"  # how far a win-rate can be trusted: the judge's own accuracy
+    head = ["model", f"win vs base [95% CI] ({acc})", f"win vs prev [95% CI] ({acc})", "IF prompts", "IF constraints",
             "distinct-2", "self-sim", "tokens (sd)", "truncated", "KL"]
     lines = [head]
     for r in results["models"]:
@@ -329,10 +358,9 @@ def format_table(results: dict) -> str:
     widths = [max(len(row[c]) for row in lines) for c in range(len(head))]
     text = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in lines]
     text.insert(1, "-+-".join("-" * w for w in widths))
-    j = results["judge"]
     text.append(f"{results['heldout_prompts']} held-out prompts x{results['samples']} samples, "
-                f"{results['instruction_prompts']} instruction prompts, judge: {j['model']} ({j['mode']}, both orders)"
-                if j["mode"] == "pairwise" else
-                f"{results['heldout_prompts']} held-out prompts, {results['instruction_prompts']} instruction prompts, "
-                f"judge: {j['model']} ({j['mode']})")
+                f"{results['instruction_prompts']} instruction prompts, judge: {j['model']} ({j['mode']}"
+                + (", both orders" if j["mode"] == "pairwise" else "") + "), "
+                f"accuracy {fmt(j.get('accuracy'))} on {j.get('pairs', MISSING)} labelled pairs ({j.get('set', MISSING)}); "
+                "a frozen base judge may also favour the base's own style of answer")
     return "\n".join(text)

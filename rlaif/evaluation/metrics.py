@@ -79,3 +79,10 @@ def instruction_metrics(rows: list[dict]) -> dict:
         "if_prompt_accuracy": sum(all(r["met"]) for r in rows) / len(rows),
         "if_constraint_accuracy": sum(met) / len(met),
     }
+
+
+def judge_set_accuracy(p_better: list[float]) -> float:
+    """Share of labelled pairs where the judge prefers the better answer: P(better) above 0.5 is right, below
+    is wrong, exactly 0.5 or a failed (NaN) verdict is half right, as a tie counts in the win-rates."""
+    score = [0.5 if math.isnan(p) or p == 0.5 else float(p > 0.5) for p in p_better]
+    return statistics.fmean(score) if score else math.nan
