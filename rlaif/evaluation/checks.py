@@ -72,6 +72,10 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def _lines(n: int) -> str:
+    return "a line" if n == 1 else "lines"
+
+
 def _relation(relation: str) -> str:
     return relation.replace("_", " ")
 
@@ -135,7 +139,7 @@ CHECKERS: dict[str, Checker] = {
     "bullet_count": Checker(
         ("n",),
         lambda r, n: t.bullet_count(r) == n,
-        lambda n: f"Use exactly {_plural(n, 'markdown bullet point')} (lines starting with '-' or '*').",
+        lambda n: f"Use exactly {_plural(n, 'markdown bullet point')} ({_lines(n)} starting with '-' or '*').",
     ),
     "numbered_count": Checker(
         ("n",),
@@ -145,7 +149,7 @@ CHECKERS: dict[str, Checker] = {
     "heading_count": Checker(
         ("n",),
         lambda r, n: t.heading_count(r) >= n,
-        lambda n: f"Include at least {_plural(n, 'markdown heading')} (lines starting with '#').",
+        lambda n: f"Include at least {_plural(n, 'markdown heading')} ({_lines(n)} starting with '#').",
     ),
     "title": Checker(
         (), t.has_title, lambda: "Include a title wrapped in double angle brackets, like <<title>>."
