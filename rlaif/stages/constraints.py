@@ -8,10 +8,9 @@ something to decide. Where we deviate, and why:
 - The constraints come from rlaif's own checker registry (:mod:`rlaif.evaluation.checks`) and are
   stated with its ``describe`` sentences, appended after a blank line ("Answer in at most 40 words.
   Do not use any commas."), so every added constraint is checkable exactly as it is worded.
-- By default only types that the bundled 135M model meets *sometimes* are drawn (``DEFAULT_TYPES``;
-  see the measured rates in the report of this module's branch), with parameters it can reach in a
-  short answer: a constraint that is always or never met gives every candidate the same share and
-  teaches nothing.
+- By default only types that the bundled 135M model meets *sometimes* are drawn (``DEFAULT_TYPES``,
+  measured by ``benchmarks/constraint_rates.py``), with parameters it can reach in a short answer: a
+  constraint that is always or never met gives every candidate the same share and teaches nothing.
 - A prompt never gets two constraints that cannot both hold, or that pull the same part of the
   answer two ways (``conflicts``): never "all lowercase" with "all capital letters", "no commas" with a
   phrase that holds a comma, "start with X" with "repeat the request first", and so on.
@@ -104,12 +103,17 @@ MAKERS: dict[str, Maker] = {
     "json": lambda rng, t: {"type": "json"},
 }
 
-# Types the bundled SmolLM2-135M-Instruct meets on some but not all answers to the bundled training
-# prompts (measured on the base model; see the module docstring).
+# Types the bundled SmolLM2-135M-Instruct meets on some answers but not all, so the verifier can tell
+# its candidates apart. Measured by benchmarks/constraint_rates.py (base model, 8 training prompts x 2
+# samples per type, 96 new tokens; results in benchmarks/constraint_rates_smollm2.json): every type
+# met by >= 10% of answers with samples that disagree on some prompt, plus word_count (met by 62%;
+# its 8 prompts each went one way). Left out, never or almost never met: bullet_count, lowercase,
+# uppercase, quoted, starts_with, repeat_request (0/16), ends_with, heading_count, separated_paragraphs
+# (1/16); json and section_count (2/16, never both ways on one prompt); include_word (14/16).
 DEFAULT_TYPES = (
-    "word_count", "sentence_count", "char_count", "paragraph_count", "bullet_count", "numbered_count",
-    "title", "highlight_count", "include_word", "forbid_word", "keyword_frequency", "lowercase",
-    "starts_with", "ends_with", "postscript", "quoted", "no_commas",
+    "capital_word_frequency", "char_count", "forbid_word", "highlight_count", "keyword_frequency",
+    "letter_frequency", "no_commas", "numbered_count", "paragraph_count", "placeholder_count", "postscript",
+    "sentence_count", "title", "word_count",
 )
 
 # ------------------------------------------------------------------ compatibility
