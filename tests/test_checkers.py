@@ -104,6 +104,74 @@ CASES = [
     ({"type": "postscript"}, "Water the tomatoes tonight.\n\nP.S. The hose is in the shed.", True),
     ({"type": "postscript"}, "Water the tomatoes tonight. Thanks, PS the hose is in the shed.", False),
     ({"type": "postscript"}, "P.S. The hose is in the shed.", False),
+    # char_count: code points of the stripped text; the boundary counts; an emoji is one code point
+    ({"type": "char_count", "relation": "at_most", "n": 5}, "  hello \n", True),
+    ({"type": "char_count", "relation": "at_most", "n": 5}, "hello!", False),
+    ({"type": "char_count", "relation": "at_least", "n": 5}, "héllo", True),
+    ({"type": "char_count", "relation": "at_least", "n": 5}, "hi 🙂", False),
+    # separated_paragraphs: exactly n parts cut at lines holding only the separator
+    ({"type": "separated_paragraphs", "separator": "***", "n": 2}, "Morning.\n***\nEvening.", True),
+    ({"type": "separated_paragraphs", "separator": "***", "n": 2}, "Morning.\n  ***  \n\nEvening.\n", True),
+    ({"type": "separated_paragraphs", "separator": "***", "n": 2}, "Morning. *** Evening.", False),
+    ({"type": "separated_paragraphs", "separator": "***", "n": 2}, "***\nMorning.\n***\nEvening.", False),
+    ({"type": "separated_paragraphs", "separator": "***", "n": 2}, "Morning.\n****\nEvening.", False),
+    ({"type": "separated_paragraphs", "separator": "***", "n": 3}, "A.\n***\nB.\n***\nC.", True),
+    ({"type": "separated_paragraphs", "separator": "***", "n": 3}, "A.\n***\n\n***\nC.", False),
+    ({"type": "separated_paragraphs", "separator": "---", "n": 1}, "Just one part.", True),
+    # section_count: markers 1..n in order, each section with text; markdown heading / bold allowed
+    ({"type": "section_count", "marker": "SECTION", "n": 2}, "SECTION 1\nPack.\nSECTION 2\nGo.", True),
+    ({"type": "section_count", "marker": "SECTION", "n": 2}, "Plan:\n## SECTION 1: Pack\n**SECTION 2** Go.", True),
+    ({"type": "section_count", "marker": "SECTION", "n": 2}, "Section 1\nPack.\nSection 2\nGo.", False),
+    ({"type": "section_count", "marker": "SECTION", "n": 2}, "SECTION 1\nPack.\nSECTION 3\nGo.", False),
+    ({"type": "section_count", "marker": "SECTION", "n": 2}, "SECTION 1\nPack.\nSECTION 2\n", False),
+    ({"type": "section_count", "marker": "SECTION", "n": 2}, "SECTION 1 a\nSECTION 2 b\nSECTION 3 c", False),
+    ({"type": "section_count", "marker": "Day", "n": 1}, "See Day 1 below.\nDay 1\nRest.", True),
+    # bullet/numbered/heading counts on markdown variants
+    ({"type": "numbered_count", "n": 3}, "Steps:\n1. Boil\n2) Stir\n  3. Serve", True),
+    ({"type": "numbered_count", "n": 3}, "1. Boil\n2. Stir", False),
+    ({"type": "numbered_count", "n": 2}, "1. Boil\n2.5 litres of water\n- salt\n2. Stir", True),
+    ({"type": "heading_count", "n": 2}, "# Plan\ntext\n### Details\nmore", True),
+    ({"type": "heading_count", "n": 2}, "# Plan\n#hashtag\n####### seven", False),
+    ({"type": "heading_count", "n": 1}, "Plan\n====\ntext", False),
+    # placeholder_count: [text] counts, blank brackets and markdown links do not
+    ({"type": "placeholder_count", "n": 2}, "Dear [name], meet me at [address].", True),
+    ({"type": "placeholder_count", "n": 2}, "Dear [name], see [the map](https://x.y) and [ ].", False),
+    ({"type": "placeholder_count", "n": 1}, "Dear [ ], hi.", False),
+    ({"type": "placeholder_count", "n": 1}, "Cher [prénom],", True),
+    # keyword_frequency boundary: exactly n is enough
+    ({"type": "keyword_frequency", "word": "tea", "n": 2}, "Tea? Tea.", True),
+    # letter_frequency: lower-cased comparison, accented letters are other letters
+    ({"type": "letter_frequency", "letter": "e", "relation": "at_least", "n": 3}, "EeE", True),
+    ({"type": "letter_frequency", "letter": "e", "relation": "at_least", "n": 3}, "été, ee", False),
+    ({"type": "letter_frequency", "letter": "é", "relation": "at_least", "n": 3}, "Été été", True),
+    ({"type": "letter_frequency", "letter": "z", "relation": "at_most", "n": 1}, "Zebra", True),
+    ({"type": "letter_frequency", "letter": "z", "relation": "at_most", "n": 1}, "Zebra zone", False),
+    # capital_word_frequency: words of 2+ letters with no lower-case letter; "I" and "A" do not count
+    ({"type": "capital_word_frequency", "relation": "at_least", "n": 2}, "Call NASA NOW, I said.", True),
+    ({"type": "capital_word_frequency", "relation": "at_least", "n": 2}, "I saw A Cat on TV.", False),
+    ({"type": "capital_word_frequency", "relation": "at_least", "n": 2}, "ÉTÉ and COVID-19", True),
+    ({"type": "capital_word_frequency", "relation": "at_most", "n": 1}, "OK then, FINE.", False),
+    ({"type": "capital_word_frequency", "relation": "at_most", "n": 1}, "Ok then, FINE.", True),
+    # repeat_request: the request first (whitespace and ’ folded, case kept), then some answer
+    ({"type": "repeat_request", "request": "Name a fruit."}, "Name a fruit.\nApple.", True),
+    ({"type": "repeat_request", "request": "Don't  stop now."}, "  Don’t stop\nnow. Never!", True),
+    ({"type": "repeat_request", "request": "Name a fruit."}, "name a fruit. Apple.", False),
+    ({"type": "repeat_request", "request": "Name a fruit."}, "Name a fruit.", False),
+    ({"type": "repeat_request", "request": "Name a fruit."}, 'Sure! "Name a fruit." Apple.', False),
+    # choice: the whole answer is one option (case, outer marks and one final . or ! ignored)
+    ({"type": "choice", "options": ["yes", "no", "maybe"]}, "  **Yes.**\n", True),
+    ({"type": "choice", "options": ["yes", "no", "maybe"]}, '"No!"', True),
+    ({"type": "choice", "options": ["yes", "no", "maybe"]}, "Yes, because it rains.", False),
+    ({"type": "choice", "options": ["yes", "no", "maybe"]}, "yesno", False),
+    ({"type": "choice", "options": ["My answer is yes.", "My answer is no."]}, "my answer is no", True),
+    # more markdown and unicode edges of the older types
+    ({"type": "bullet_count", "n": 2}, "+ a\n- b\n\t* c", True),  # '+' is not one of the markers asked for
+    ({"type": "quoted"}, "“Try painting.\"", False),
+    ({"type": "title"}, "<<Été>> au lac", True),
+    ({"type": "lowercase"}, "ça va très bien", True),
+    ({"type": "uppercase"}, "ÇA VA TRÈS BIEN", True),
+    ({"type": "no_commas"}, "one、two，three", True),
+    ({"type": "ends_with", "phrase": "Bye."}, "Bye.\u200b", False),
 ]
 
 
@@ -116,6 +184,51 @@ def test_every_type_has_a_passing_and_a_failing_case():
     outcomes = {(c["type"], expected) for c, _, expected in CASES}
     for kind in CHECKERS:
         assert (kind, True) in outcomes and (kind, False) in outcomes, kind
+
+
+# One valid constraint of every type, and whether the empty response (or one of blanks) keeps it:
+# only the limits from above ("at most", "do not") are kept by saying nothing.
+EXAMPLES = {
+    "word_count": (W("at_most", 3), True),
+    "sentence_count": ({"type": "sentence_count", "relation": "at_least", "n": 1}, False),
+    "char_count": ({"type": "char_count", "relation": "at_most", "n": 1}, True),
+    "paragraph_count": ({"type": "paragraph_count", "relation": "at_least", "n": 1}, False),
+    "separated_paragraphs": ({"type": "separated_paragraphs", "separator": "***", "n": 1}, False),
+    "section_count": ({"type": "section_count", "marker": "SECTION", "n": 1}, False),
+    "bullet_count": ({"type": "bullet_count", "n": 1}, False),
+    "numbered_count": ({"type": "numbered_count", "n": 1}, False),
+    "heading_count": ({"type": "heading_count", "n": 1}, False),
+    "title": ({"type": "title"}, False),
+    "highlight_count": ({"type": "highlight_count", "n": 1}, False),
+    "placeholder_count": ({"type": "placeholder_count", "n": 1}, False),
+    "include_word": ({"type": "include_word", "word": "a"}, False),
+    "forbid_word": ({"type": "forbid_word", "word": "a"}, True),
+    "keyword_frequency": ({"type": "keyword_frequency", "word": "a", "n": 1}, False),
+    "letter_frequency": ({"type": "letter_frequency", "letter": "a", "relation": "at_most", "n": 1}, True),
+    "lowercase": ({"type": "lowercase"}, False),
+    "uppercase": ({"type": "uppercase"}, False),
+    "capital_word_frequency": ({"type": "capital_word_frequency", "relation": "at_most", "n": 1}, True),
+    "starts_with": ({"type": "starts_with", "phrase": "Hi"}, False),
+    "ends_with": ({"type": "ends_with", "phrase": "Bye"}, False),
+    "repeat_request": ({"type": "repeat_request", "request": "Hi"}, False),
+    "postscript": ({"type": "postscript"}, False),
+    "quoted": ({"type": "quoted"}, False),
+    "no_commas": ({"type": "no_commas"}, True),
+    "json": ({"type": "json"}, False),
+    "choice": ({"type": "choice", "options": ["yes", "no"]}, False),
+}
+
+
+def test_registry_has_at_least_25_types_and_an_example_of_each():
+    assert len(CHECKERS) >= 25
+    assert set(EXAMPLES) == set(CHECKERS)
+
+
+@pytest.mark.parametrize("kind", sorted(EXAMPLES))
+@pytest.mark.parametrize("response", ["", " \n\t "])
+def test_empty_response(kind, response):
+    constraint, kept = EXAMPLES[kind]
+    assert check(response, constraint) is kept
 
 
 def test_splitting_rules():
@@ -144,6 +257,17 @@ def test_check_all_keeps_order():
         ({"type": "include_word", "word": "  "}, r"'include_word' parameter 'word' must be a non-empty string"),
         ({"type": "lowercase", "strict": 1}, r"'lowercase' has unknown parameter 'strict' \(it takes: no parameters\)"),
         ("lowercase", r"here: a constraint must be an object"),
+        ({"type": "letter_frequency", "letter": "ab", "relation": "at_most", "n": 1}, r"'letter' must be a single letter"),
+        ({"type": "letter_frequency", "letter": "4", "relation": "at_most", "n": 1}, r"'letter' must be a single letter"),
+        ({"type": "section_count", "marker": "SECTION 1", "n": 2}, r"'marker' must be one word of letters"),
+        ({"type": "separated_paragraphs", "separator": "* * ", "n": 2}, r"'separator' must be symbols without"),
+        ({"type": "separated_paragraphs", "separator": "-a-", "n": 2}, r"'separator' must be symbols without"),
+        ({"type": "separated_paragraphs", "separator": "", "n": 2}, r"'separator' must be symbols without"),
+        ({"type": "choice", "options": ["yes"]}, r"'options' must be a list of at least 2 different"),
+        ({"type": "choice", "options": ["yes", "Yes "]}, r"'options' must be a list of at least 2 different"),
+        ({"type": "choice", "options": "yes/no"}, r"'options' must be a list"),
+        ({"type": "repeat_request", "request": ""}, r"'request' must be a non-empty string"),
+        ({"type": "char_count", "relation": "exactly", "n": 9}, r"'relation' must be at_most or at_least"),
     ],
 )
 def test_validate_constraint_names_where_type_and_parameter(constraint, match):
@@ -163,6 +287,18 @@ def test_describe_is_one_sentence_with_the_parameters():
     assert describe({"type": "sentence_count", "relation": "at_least", "n": 1}) == "Answer in at least 1 sentence."
     assert describe({"type": "forbid_word", "word": "ice cream"}) == 'Do not use the phrase "ice cream".'
     assert describe({"type": "keyword_frequency", "word": "warm", "n": 3}) == 'Use the word "warm" at least 3 times.'
+    assert describe({"type": "section_count", "marker": "Day", "n": 2}) == (
+        'Divide your answer into exactly 2 sections, each starting on its own line with "Day 1", "Day 2" and so on.')
+    assert describe({"type": "choice", "options": ["yes", "no"]}) == (
+        'Answer with one of these options and nothing else: "yes", "no".')
+    assert describe({"type": "letter_frequency", "letter": "z", "relation": "at_least", "n": 1}) == (
+        'Use the letter "z" (upper or lower case) at least 1 time.')
+
+
+@pytest.mark.parametrize("kind", sorted(EXAMPLES))
+def test_every_description_is_one_sentence(kind):
+    sentence = describe(EXAMPLES[kind][0])
+    assert sentence[0].isupper() and sentence.endswith(".") and "\n" not in sentence
 
 
 # The bundled set
@@ -170,7 +306,7 @@ def test_describe_is_one_sentence_with_the_parameters():
 
 def test_bundled_set_validates_and_uses_every_type_at_least_twice():
     rows = load_instruction_set()
-    assert 40 <= len(rows) <= 60
+    assert len(rows) >= 150
     assert len({r["id"] for r in rows}) == len(rows)
     used = [c["type"] for r in rows for c in r["constraints"]]
     for kind in CHECKERS:
@@ -196,12 +332,18 @@ def test_bundled_prompts_state_their_constraints():
             if "n" in c:
                 spelled = rf"\b({c['n']}|{NUMBER_WORDS.get(c['n'], c['n'])})\b"
                 assert re.search(spelled, prompt, re.IGNORECASE), (row["id"], c)
-            for key in ("word", "phrase"):
+            for key in ("word", "phrase", "request", "letter"):
                 if key in c:
                     assert f'"{c[key]}"' in prompt, (row["id"], c)
+            for option in c.get("options", []):
+                assert f'"{option}"' in prompt, (row["id"], c)
             keyword = {"json": "JSON", "title": "<<", "postscript": '"P.S."', "no_commas": "commas",
                        "quoted": "double quotation marks", "lowercase": "lowercase",
-                       "uppercase": "capital letters", "highlight_count": "asterisks"}.get(c["type"])
+                       "uppercase": "capital letters", "highlight_count": "asterisks",
+                       "capital_word_frequency": "capital letters", "char_count": "characters",
+                       "numbered_count": "numbered", "heading_count": "#", "placeholder_count": "square brackets",
+                       "section_count": f"{c.get('marker')} 1", "separated_paragraphs": c.get("separator"),
+                       "repeat_request": "word for word"}.get(c["type"])
             if keyword:
                 assert keyword in prompt, (row["id"], c)
 

@@ -1,125 +1,79 @@
-"""Verifiable instruction-following checks for the held-out evaluation: a constraint is data, a check is code.
+"""Verifiable instruction-following checks: a constraint is data, a check is code.
 
 The idea comes from IFEval (Zhou et al. 2023, "Instruction-Following Evaluation for Large Language
 Models", arXiv:2311.07911): give the model a prompt whose instructions a program can verify ("answer
 in at most 40 words", "no commas") and count how many it keeps, with no judge in the loop. We differ
 in three ways: the prompts and the checker code are our own, written for this project (nothing is
-copied from IFEval); there are fewer types (17 against IFEval's 25), chosen to be unambiguous to
-check; and the bundled prompts ask for lengths a small model can meet in the 64 new tokens of the
-CPU quickstart. We report only IFEval's "strict" reading: the response is checked as written.
+copied from IFEval); the types (27 against IFEval's 25) leave out those that need a language
+detector and are chosen to be unambiguous to check; and the bundled prompts ask for lengths a small
+model can meet in the CPU quickstart's token budget. We report only IFEval's "strict" reading: the
+response is checked as written. The same checks are the loop's verifier (:mod:`rlaif.judging.verifier`)
+and the training-prompt constraint generator's vocabulary (:mod:`rlaif.stages.constraints`).
 
 A constraint is a dict ``{"type": <name>, ...params}``; extra keys are errors. Types and parameters:
 
-==================  ======================================  =============================================
-type                parameters                              passes when the response ...
-==================  ======================================  =============================================
-word_count          relation: at_most | at_least, n: int    has at most / at least n words
-sentence_count      relation: at_most | at_least, n: int    has at most / at least n sentences
-bullet_count        n: int                                  has exactly n markdown bullet lines
-paragraph_count     relation: exactly | at_least, n: int    has exactly / at least n paragraphs
-include_word        word: str                               contains the word or phrase
-forbid_word         word: str                               does not contain the word or phrase
-keyword_frequency   word: str, n: int                       contains the word or phrase at least n times
-lowercase           (none)                                  has letters and none is upper case
-uppercase           (none)                                  has letters and none is lower case
-json                (none)                                  is a JSON object or array, fence allowed
-starts_with         phrase: str                             starts with the phrase (leading space ignored)
-ends_with           phrase: str                             ends with the phrase (trailing space ignored)
-no_commas           (none)                                  contains no ","
-quoted              (none)                                  is wrapped in double quotes ("..." or “...”)
-title               (none)                                  contains a title like <<A Title>>
-highlight_count     n: int                                  has at least n *highlighted* spans
-postscript          (none)                                  has, after some text, a line starting "P.S."
-==================  ======================================  =============================================
+======================  ======================================  =========================================
+type                    parameters                              passes when the response ...
+======================  ======================================  =========================================
+word_count              relation: at_most | at_least, n         has at most / at least n words
+sentence_count          relation: at_most | at_least, n         has at most / at least n sentences
+char_count              relation: at_most | at_least, n         has at most / at least n characters
+paragraph_count         relation: exactly | at_least, n         has exactly / at least n paragraphs
+separated_paragraphs    separator: str, n                       is exactly n parts split by separator lines
+section_count           marker: str, n                          has sections "marker 1" ... "marker n"
+bullet_count            n                                       has exactly n markdown bullet lines
+numbered_count          n                                       has exactly n numbered list items
+heading_count           n                                       has at least n markdown headings
+title                   (none)                                  contains a title like <<A Title>>
+highlight_count         n                                       has at least n *highlighted* spans
+placeholder_count       n                                       has at least n [placeholders]
+include_word            word: str                               contains the word or phrase
+forbid_word             word: str                               does not contain the word or phrase
+keyword_frequency       word: str, n                            contains the word or phrase at least n times
+letter_frequency        letter: str, relation, n                has the letter at most / at least n times
+lowercase               (none)                                  has letters and none is upper case
+uppercase               (none)                                  has letters and none is lower case
+capital_word_frequency  relation: at_most | at_least, n         has at most / at least n ALL-CAPS words
+starts_with             phrase: str                             starts with the phrase
+ends_with               phrase: str                             ends with the phrase
+repeat_request          request: str                            first repeats the request, then answers
+postscript              (none)                                  has, after some text, a line starting "P.S."
+quoted                  (none)                                  is wrapped in double quotes ("..." or “...”)
+no_commas               (none)                                  contains no ","
+json                    (none)                                  is a JSON object or array, fence allowed
+choice                  options: list of str                    is exactly one of the options
+======================  ======================================  =========================================
 
-``n`` is a positive integer. How text is split:
-
-* **words**: matches of ``\\b\\w+(?:['’-]\\w+)*\\b``, so "don't", "well-known" and "42" are one word
-  each and markdown symbols (``-``, ``*``, ``#``) are none.
-* **sentences**: the text is cut after a run of ``.``, ``!`` or ``?`` (plus any closing quote or
-  bracket) that is followed by whitespace or the end, and at every line break; pieces without a
-  word character are dropped. So an abbreviation such as "e.g. this" counts as two sentences, and
-  each bullet line is a sentence.
-* **paragraphs**: the text is cut at blank lines (lines holding only whitespace); empty pieces are
-  dropped.
-* **bullets**: lines that start (after indentation) with ``-`` or ``*`` and then whitespace and
-  text. Numbered lists do not count; ``*highlight*`` at the start of a line is not a bullet.
-* **word / phrase matching** (include_word, forbid_word, keyword_frequency) ignores case, treats
-  ’ as ', lets any run of whitespace stand for a space in the phrase, and needs whole words: "cat"
-  does not match "cats" or "concat".
-* **highlights**: ``*text*`` or ``**text**`` on one line, the text not starting or ending in
-  whitespace (so a ``* bullet`` marker is not the start of one).
-* **starts_with / ends_with** compare exactly, case included.
+``n`` is a positive integer; ``letter`` one letter; ``marker`` one word of letters (``SECTION``);
+``separator`` a one-line run of symbols without letters or digits (``***``); ``options`` at least
+two different non-empty strings. How text is split into words, sentences, paragraphs, bullets,
+sections, and how each type reads it: :mod:`rlaif.evaluation.checks_types`.
 
 An instruction set is JSONL, one row per prompt: ``{"id": str, "prompt": str, "constraints":
 [...]}``; other keys are kept. The prompt text states every constraint in plain words; ``describe``
-gives the sentence we use for each in reports.
+gives the sentence we use for each in reports and in generated training prompts.
 """
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from rlaif.errors import RlaifError
+from rlaif.evaluation import checks_types as t
+from rlaif.evaluation.checks_types import WORD_RE, paragraphs, sentences, words
 
-WORD_RE = re.compile(r"\b\w+(?:['’-]\w+)*\b")
-_SENTENCE_END_RE = re.compile(r"[.!?]+['\"’”)\]]*(?=\s|$)|\n")
-_PARAGRAPH_BREAK_RE = re.compile(r"\n[ \t]*\n")
-_BULLET_RE = re.compile(r"^[ \t]*[-*][ \t]+\S", re.MULTILINE)
-_TITLE_RE = re.compile(r"<<([^<>\n]+)>>")
-_HIGHLIGHT_RE = re.compile(r"\*\*?([^\s*][^\n*]*?)(?<!\s)\*\*?")
-_FENCE_RE = re.compile(r"^```[ \t]*(?:json)?[ \t]*\n(.*?)\n?```$", re.DOTALL | re.IGNORECASE)
-_POSTSCRIPT_RE = re.compile(r"^[ \t]*P\.S\.", re.MULTILINE)
-
-
-def words(text: str) -> list[str]:
-    return WORD_RE.findall(text)
-
-
-def sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END_RE.split(text) if re.search(r"\w", s)]
-
-
-def paragraphs(text: str) -> list[str]:
-    return [p.strip() for p in _PARAGRAPH_BREAK_RE.split(text) if p.strip()]
-
-
-def _phrase_count(text: str, phrase: str) -> int:
-    tokens = phrase.replace("’", "'").split()
-    pattern = r"(?<!\w)" + r"\s+".join(re.escape(t) for t in tokens) + r"(?!\w)"
-    return len(re.findall(pattern, text.replace("’", "'"), re.IGNORECASE))
-
-
-def _compare(count: int, relation: str, n: int) -> bool:
-    return {"at_most": count <= n, "at_least": count >= n, "exactly": count == n}[relation]
-
-
-def _is_json(text: str) -> bool:
-    text = text.strip()
-    fenced = _FENCE_RE.match(text)
-    if fenced:
-        text = fenced.group(1)
-    try:
-        return isinstance(json.loads(text), (dict, list))
-    except json.JSONDecodeError:
-        return False
-
-
-def _is_quoted(text: str) -> bool:
-    text = text.strip()
-    return len(text) >= 2 and (text[0], text[-1]) in {('"', '"'), ("“", "”")}
-
-
-def _has_postscript(text: str) -> bool:
-    match = _POSTSCRIPT_RE.search(text)
-    return bool(match) and bool(re.search(r"\w", text[: match.start()]))
+__all__ = ["CHECKERS", "WORD_RE", "Checker", "check", "check_all", "describe", "load_instruction_set",
+           "paragraphs", "sentences", "validate_constraint", "words"]
 
 
 def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _lines(n: int) -> str:
+    return "a line" if n == 1 else "lines"
 
 
 def _relation(relation: str) -> str:
@@ -128,6 +82,19 @@ def _relation(relation: str) -> str:
 
 def _word_or_phrase(word: str) -> str:
     return "phrase" if len(word.split()) > 1 else "word"
+
+
+def _describe_sections(marker: str, n: int) -> str:
+    if n == 1:
+        return f'Put your answer in exactly 1 section, starting on its own line with "{marker} 1".'
+    return (f'Divide your answer into exactly {n} sections, each starting on its own line with '
+            f'"{marker} 1", "{marker} 2" and so on.')
+
+
+def _describe_separated(separator: str, n: int) -> str:
+    if n == 1:
+        return f'Write exactly 1 paragraph, with no line holding only "{separator}".'
+    return f'Write exactly {n} paragraphs, separated from each other by a line holding only "{separator}".'
 
 
 @dataclass(frozen=True)
@@ -140,49 +107,93 @@ class Checker:
     relations: tuple[str, ...] = ()  # the allowed values of ``relation``, when it is a parameter
 
 
+MOST_LEAST = ("at_most", "at_least")
+
 CHECKERS: dict[str, Checker] = {
     "word_count": Checker(
         ("relation", "n"),
-        lambda r, relation, n: _compare(len(words(r)), relation, n),
+        lambda r, relation, n: t.compare(len(words(r)), relation, n),
         lambda relation, n: f"Answer in {_relation(relation)} {_plural(n, 'word')}.",
-        ("at_most", "at_least"),
+        MOST_LEAST,
     ),
     "sentence_count": Checker(
         ("relation", "n"),
-        lambda r, relation, n: _compare(len(sentences(r)), relation, n),
+        lambda r, relation, n: t.compare(len(sentences(r)), relation, n),
         lambda relation, n: f"Answer in {_relation(relation)} {_plural(n, 'sentence')}.",
-        ("at_most", "at_least"),
+        MOST_LEAST,
     ),
-    "bullet_count": Checker(
-        ("n",),
-        lambda r, n: len(_BULLET_RE.findall(r)) == n,
-        lambda n: f"Use exactly {_plural(n, 'markdown bullet point')} (lines starting with '-' or '*').",
+    "char_count": Checker(
+        ("relation", "n"),
+        lambda r, relation, n: t.compare(len(r.strip()), relation, n),
+        lambda relation, n: f"Answer in {_relation(relation)} {_plural(n, 'character')}, spaces included.",
+        MOST_LEAST,
     ),
     "paragraph_count": Checker(
         ("relation", "n"),
-        lambda r, relation, n: _compare(len(paragraphs(r)), relation, n),
+        lambda r, relation, n: t.compare(len(paragraphs(r)), relation, n),
         lambda relation, n: f"Write {_relation(relation)} {_plural(n, 'paragraph')}, separated by blank lines.",
         ("exactly", "at_least"),
     ),
+    "separated_paragraphs": Checker(("separator", "n"), t.has_separated_parts, _describe_separated),
+    "section_count": Checker(("marker", "n"), t.has_sections, _describe_sections),
+    "bullet_count": Checker(
+        ("n",),
+        lambda r, n: t.bullet_count(r) == n,
+        lambda n: f"Use exactly {_plural(n, 'markdown bullet point')} ({_lines(n)} starting with '-' or '*').",
+    ),
+    "numbered_count": Checker(
+        ("n",),
+        lambda r, n: t.numbered_count(r) == n,
+        lambda n: f"Use exactly {_plural(n, 'numbered list item')} (lines starting with '1.', '2.' and so on).",
+    ),
+    "heading_count": Checker(
+        ("n",),
+        lambda r, n: t.heading_count(r) >= n,
+        lambda n: f"Include at least {_plural(n, 'markdown heading')} ({_lines(n)} starting with '#').",
+    ),
+    "title": Checker(
+        (), t.has_title, lambda: "Include a title wrapped in double angle brackets, like <<title>>."
+    ),
+    "highlight_count": Checker(
+        ("n",),
+        lambda r, n: t.highlight_count(r) >= n,
+        lambda n: f"Highlight at least {_plural(n, 'section')} with asterisks, like *this*.",
+    ),
+    "placeholder_count": Checker(
+        ("n",),
+        lambda r, n: t.placeholder_count(r) >= n,
+        lambda n: f"Include at least {_plural(n, 'placeholder')} in square brackets, like [name].",
+    ),
     "include_word": Checker(
         ("word",),
-        lambda r, word: _phrase_count(r, word) > 0,
+        lambda r, word: t.phrase_count(r, word) > 0,
         lambda word: f'Include the {_word_or_phrase(word)} "{word}".',
     ),
     "forbid_word": Checker(
         ("word",),
-        lambda r, word: _phrase_count(r, word) == 0,
+        lambda r, word: t.phrase_count(r, word) == 0,
         lambda word: f'Do not use the {_word_or_phrase(word)} "{word}".',
     ),
     "keyword_frequency": Checker(
         ("word", "n"),
-        lambda r, word, n: _phrase_count(r, word) >= n,
+        lambda r, word, n: t.phrase_count(r, word) >= n,
         lambda word, n: f'Use the {_word_or_phrase(word)} "{word}" at least {_plural(n, "time")}.',
+    ),
+    "letter_frequency": Checker(
+        ("letter", "relation", "n"),
+        lambda r, letter, relation, n: t.compare(t.letter_count(r, letter), relation, n),
+        lambda letter, relation, n: (f'Use the letter "{letter}" (upper or lower case) '
+                                     f'{_relation(relation)} {_plural(n, "time")}.'),
+        MOST_LEAST,
     ),
     "lowercase": Checker((), lambda r: r.islower(), lambda: "Write the whole answer in lowercase letters."),
     "uppercase": Checker((), lambda r: r.isupper(), lambda: "Write the whole answer in capital letters."),
-    "json": Checker(
-        (), _is_json, lambda: "Answer with valid JSON only, an object or a list (a ```json fence is allowed)."
+    "capital_word_frequency": Checker(
+        ("relation", "n"),
+        lambda r, relation, n: t.compare(t.capital_word_count(r), relation, n),
+        lambda relation, n: (f"Use {_relation(relation)} {_plural(n, 'word')} written entirely in capital "
+                             "letters, like NOW."),
+        MOST_LEAST,
     ),
     "starts_with": Checker(
         ("phrase",),
@@ -194,20 +205,51 @@ CHECKERS: dict[str, Checker] = {
         lambda r, phrase: r.rstrip().endswith(phrase),
         lambda phrase: f'End your answer with the exact phrase "{phrase}".',
     ),
+    "repeat_request": Checker(
+        ("request",),
+        t.repeats_request,
+        lambda request: (f'First repeat the request "{request}" word for word (without the quotation '
+                         "marks), then give your answer."),
+    ),
+    "postscript": Checker((), t.has_postscript, lambda: 'End with a postscript starting with "P.S.".'),
+    "quoted": Checker((), t.is_quoted, lambda: "Wrap your whole answer in double quotation marks."),
     "no_commas": Checker((), lambda r: "," not in r, lambda: "Do not use any commas."),
-    "quoted": Checker((), _is_quoted, lambda: "Wrap your whole answer in double quotation marks."),
-    "title": Checker(
-        (),
-        lambda r: any(t.strip() for t in _TITLE_RE.findall(r)),
-        lambda: "Include a title wrapped in double angle brackets, like <<title>>.",
+    "json": Checker(
+        (), t.is_json, lambda: "Answer with valid JSON only, an object or a list (a ```json fence is allowed)."
     ),
-    "highlight_count": Checker(
-        ("n",),
-        lambda r, n: len(_HIGHLIGHT_RE.findall(r)) >= n,
-        lambda n: f"Highlight at least {_plural(n, 'section')} with asterisks, like *this*.",
+    "choice": Checker(
+        ("options",),
+        t.is_choice,
+        lambda options: "Answer with one of these options and nothing else: "
+        + ", ".join(f'"{o}"' for o in options) + ".",
     ),
-    "postscript": Checker((), _has_postscript, lambda: 'End with a postscript starting with "P.S.".'),
 }
+
+
+def _param_problem(name: str, value, checker: Checker) -> str | None:
+    """Why ``value`` is not a valid ``name`` parameter (a phrase for the error), or None when it is."""
+    if name == "n":
+        return None if type(value) is int and value >= 1 else f"must be a positive integer, got {value!r}"
+    if name == "relation":
+        ok = value in checker.relations
+        return None if ok else f"must be {' or '.join(checker.relations)}, got {value!r}"
+    if name in ("word", "phrase", "request"):
+        return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
+    if name == "letter":
+        ok = isinstance(value, str) and len(value) == 1 and value.isalpha()
+        return None if ok else f"must be a single letter, got {value!r}"
+    if name == "marker":
+        ok = isinstance(value, str) and value.isalpha()
+        return None if ok else f"must be one word of letters, like SECTION, got {value!r}"
+    if name == "separator":
+        ok = isinstance(value, str) and bool(value) and value.strip() == value and "\n" not in value
+        ok = ok and not any(ch.isalnum() or ch == "_" for ch in value)
+        return None if ok else f"must be symbols without letters, digits or outer spaces, like ***, got {value!r}"
+    if name == "options":
+        ok = isinstance(value, list) and all(isinstance(o, str) and o.strip() for o in value)
+        ok = ok and len({o.strip().casefold() for o in value}) == len(value) >= 2
+        return None if ok else "must be a list of at least 2 different non-empty strings"
+    return None
 
 
 def validate_constraint(c: dict, where: str) -> None:
@@ -223,14 +265,9 @@ def validate_constraint(c: dict, where: str) -> None:
     for name in checker.params:
         if name not in c:
             raise RlaifError(f"{where}: constraint {kind!r} is missing parameter '{name}'")
-        value = c[name]
-        if name == "n" and (type(value) is not int or value < 1):
-            raise RlaifError(f"{where}: constraint {kind!r} parameter 'n' must be a positive integer, got {value!r}")
-        if name == "relation" and value not in checker.relations:
-            allowed = " or ".join(checker.relations)
-            raise RlaifError(f"{where}: constraint {kind!r} parameter 'relation' must be {allowed}, got {value!r}")
-        if name in ("word", "phrase") and (not isinstance(value, str) or not value.strip()):
-            raise RlaifError(f"{where}: constraint {kind!r} parameter '{name}' must be a non-empty string")
+        problem = _param_problem(name, c[name], checker)
+        if problem:
+            raise RlaifError(f"{where}: constraint {kind!r} parameter '{name}' {problem}")
     extra = sorted(set(c) - {"type", *checker.params})
     if extra:
         takes = ", ".join(checker.params) or "no parameters"
