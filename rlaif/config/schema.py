@@ -13,6 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from rlaif.errors import RlaifError
+from rlaif.stages.constraints import _settings as constraint_settings
+
 
 def _number(value: Any, integer: bool) -> Any:
     """A number written as text becomes the number; a whole float becomes an int where an int is wanted."""
@@ -33,7 +36,7 @@ Int = Annotated[int, BeforeValidator(lambda v: _number(v, True))]
 def _f(default: Any, help: str, **constraints: Any) -> Any:
     """A field with help text (shown by ``rlaif reference`` and in README) and its range constraints."""
     if isinstance(default, (list, dict)):
-        return Field(default_factory=type(default), description=help, **constraints)
+        return Field(default_factory=lambda: type(default)(default), description=help, **constraints)
     return Field(default, description=help, **constraints)
 
 
@@ -111,6 +114,33 @@ class PromptsConfig(Section):
     )
     per_round: Int = _f(16, "Prompts drawn per round (without replacement across rounds while they last).", ge=1)
     max_prompt_tokens: Int = _f(256, "Prompts longer than this, chat template included, are skipped and counted.", ge=1)
+    constraint_share: Float = _f(
+        0.0,
+        "Share of each round's training prompts that get verifiable constraints added in plain words (\"Answer in at "
+        "most 40 words.\"), by rlaif's seeded generator (`rlaif/stages/constraints.py`); the verifier then judges "
+        "them (`judge.verifier_weight`). Never applied to held-out or evaluation prompts. 0 = off.",
+        ge=0,
+        le=1,
+    )
+    constraints_per_prompt: list[int] = _f([1, 2], "How many constraints such a prompt gets: [min, max].")
+    constraint_types: str | list[str] = _f(
+        "default",
+        "Constraint types the generator draws from: `default` (those the bundled model meets sometimes, measured in "
+        "benchmarks/constraint_rates.py), `all`, or a list of checker types.",
+    )
+
+    def constraint_settings(self) -> dict:
+        return {"share": self.constraint_share, "per_prompt": self.constraints_per_prompt, "types": self.constraint_types}
+
+    @model_validator(mode="after")
+    def _constraints_usable(self):
+        try:
+            constraint_settings(self.constraint_settings())
+        except RlaifError as exc:
+            raise ValueError(str(exc).replace("prompts.constraints.share", "prompts.constraint_share")
+                             .replace("prompts.constraints.per_prompt", "prompts.constraints_per_prompt")
+                             .replace("prompts.constraints.types", "prompts.constraint_types")) from None
+        return self
 
     @model_validator(mode="after")
     def _source_needs(self):
@@ -165,6 +195,17 @@ class JudgeConfig(Section):
         "judge stage from round 2 on; free when the judge is the base).",
     )
     batch_size: Int = _f(8, "Judge prompts per forward pass.", ge=1)
+    verifier_weight: Float = _f(
+        1.0,
+        "On prompts that carry constraints: the verifier's weight when two candidates meet different shares of them "
+        "(p = w * verifier + (1 - w) * judge); 1 = the verifier decides, the judge breaks ties. Prompts without "
+        "constraints are judged by the judge alone.",
+        ge=0,
+        le=1,
+    )
+    verifier_strength: Float = _f(
+        1.0, "The verifier's verdict when shares differ: P = 0.5 ± strength/2 (1 = certain).", gt=0, le=1
+    )
 
     @field_validator("model")
     @classmethod

@@ -9,6 +9,7 @@ from rlaif.judging.judges import build_judge
 from rlaif.judging.rank import rank_all
 from rlaif.judging.reliability import reference_agreement, reliability_metrics
 from rlaif.judging.verdicts import judge_candidates, verdict_metrics
+from rlaif.judging.verifier import apply_verifier, constraint_metrics, verifier_metrics
 from rlaif.run import RunContext
 from rlaif.rundir import read_jsonl, write_jsonl
 
@@ -20,19 +21,23 @@ def run(ctx: RunContext, n: int) -> dict:
     model, tokenizer, adapter = ctx.load_judge(n)
     judge = build_judge(cfg, model, tokenizer, ctx.constitution)
     seed = ctx.seed(n, "judge")
-    verdicts = judge_candidates(judge, ctx.constitution, prompts, candidates, cfg.principles, seed)
+    raw = judge_candidates(judge, ctx.constitution, prompts, candidates, cfg.principles, seed)
+    # on prompts that carry constraints the verifier decides where candidates meet different shares of them
+    verdicts = apply_verifier(raw, prompts, candidates, cfg.verifier_weight, cfg.verifier_strength)
     rankings = rank_all(candidates, verdicts)
     write_jsonl(ctx.run.path(n, "verdicts.jsonl"), verdicts)
     write_jsonl(ctx.run.path(n, "rankings.jsonl"), rankings)
     lengths = {(c["prompt_id"], c["candidate"]): c["num_tokens"] for c in candidates}
-    metrics = {**verdict_metrics(verdicts), **reliability_metrics(verdicts, lengths)}
+    # the judge's own reliability is measured on its own verdicts (the verifier's certain ones would inflate it)
+    metrics = {**verdict_metrics(raw), **reliability_metrics(raw, lengths), **verifier_metrics(verdicts),
+               **constraint_metrics(prompts, candidates)}
     if cfg.reference_agreement:
         if cfg.model == "base" or (cfg.model == "policy" and adapter is None):
             metrics["reference_agreement"] = 1.0  # the judge is the frozen base itself
         else:
             base = build_judge(cfg, ctx.load_base(), ctx.tokenizer, ctx.constitution)
             reference = judge_candidates(base, ctx.constitution, prompts, candidates, cfg.principles, seed)
-            metrics["reference_agreement"] = reference_agreement(verdicts, reference)
+            metrics["reference_agreement"] = reference_agreement(raw, reference)
     return {
         **metrics,
         "mode": cfg.mode,

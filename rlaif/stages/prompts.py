@@ -23,6 +23,7 @@ from rlaif.config import PromptsConfig
 from rlaif.errors import RlaifError
 from rlaif.run import RunContext
 from rlaif.rundir import write_jsonl
+from rlaif.stages.constraints import add_constraints
 
 
 @dataclass
@@ -264,5 +265,8 @@ def run(ctx: RunContext, n: int) -> dict:
     cfg = ctx.recipe.prompts
     chosen, counts = select_round(load_pool(cfg), ctx.tokenizer, n, cfg.per_round, cfg.max_prompt_tokens,
                                   ctx.recipe.run.seed)
+    if cfg.constraint_share > 0:  # only the round's training prompts: held-out and evaluation prompts never get here
+        chosen = add_constraints(chosen, cfg.constraint_settings(), ctx.recipe.run.seed, n)
+        counts["with_constraints"] = sum(1 for p in chosen if p.get("constraints"))
     write_jsonl(ctx.run.path(n, "prompts.jsonl"), chosen)
     return counts

@@ -31,6 +31,7 @@ What is ours, and where it deviates:
   are counted, not hidden.
 """
 
+import json
 import math
 import resource
 import shutil
@@ -47,6 +48,7 @@ from rlaif.judging.constitution import Constitution
 from rlaif.judging.judges import build_judge
 from rlaif.judging.rank import mean_wins, win_matrix
 from rlaif.judging.verdicts import PairJudge, judge_candidates
+from rlaif.judging.verifier import apply_verifier
 from rlaif.lora import adapter_distance, make_trainer, save_adapter, trainable_state
 from rlaif.run import RunContext, say
 from rlaif.rundir import TMP_MARK, read_jsonl, sha256_dir, write_jsonl
@@ -77,15 +79,17 @@ class JudgeReward:
     __name__ = "constitution_judge"
 
     def __init__(self, judge: PairJudge, constitution: Constitution, num_generations: int, principles: str,
-                 seed: int, eos_token_ids, truncation_penalty: float):
+                 seed: int, eos_token_ids, truncation_penalty: float, verifier_weight: float = 1.0,
+                 verifier_strength: float = 1.0):
         self.judge, self.constitution, self.k = judge, constitution, num_generations
+        self.verifier = (verifier_weight, verifier_strength)
         self.principles, self.seed, self.eos, self.penalty = principles, seed, set(eos_token_ids), truncation_penalty
         self.records: list[dict] = []
         self.groups = 0
         self.zero_signal_groups = 0
         self.calls = 0
 
-    def __call__(self, prompts, completions, prompt_id, completion_ids=None, **kwargs) -> list[float]:
+    def __call__(self, prompts, completions, prompt_id, completion_ids=None, constraints=None, **kwargs) -> list[float]:
         if len(completions) % self.k:
             raise ValueError(f"{len(completions)} completions do not split into groups of {self.k}")
         self.calls += 1
@@ -102,8 +106,10 @@ class JudgeReward:
             ]
             group_id = f"{pid}@{self.calls}:{g // self.k}"
             cands = [{"prompt_id": group_id, "candidate": i, "text": t} for i, t in enumerate(texts)]
-            prompt = [{"id": group_id, "prompt": _prompt_text(prompts[g])}]
+            prompt = [{"id": group_id, "prompt": _prompt_text(prompts[g]),
+                       "constraints": json.loads(constraints[g]) if constraints and constraints[g] else []}]
             verdicts = judge_candidates(self.judge, self.constitution, prompt, cands, self.principles, self.seed)
+            verdicts = apply_verifier(verdicts, prompt, cands, *self.verifier)  # the same verdict as the DPO path
             wins = mean_wins(win_matrix(self.k, verdicts))
             group = [w - (self.penalty if t else 0.0) for w, t in zip(wins, truncated)]
             self.groups += 1
@@ -117,7 +123,9 @@ class JudgeReward:
 
 
 def to_prompt_dataset(prompts: list[dict]):
-    return Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}], "prompt_id": p["id"]} for p in prompts])
+    """TRL's prompt rows; a prompt's constraints travel as JSON text (Arrow would merge their differing shapes)."""
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": p["prompt"]}], "prompt_id": p["id"],
+                               "constraints": json.dumps(p.get("constraints") or [])} for p in prompts])
 
 
 def _mean_logged(history: list[dict], *keys: str) -> float | None:
@@ -169,7 +177,8 @@ def build_rl_trainer(ctx: RunContext, n: int, prompts: list[dict], judge, start_
     trainer_cls = trl.GRPOTrainer if recipe.train.method == "grpo" else trl.RLOOTrainer
     args = rl_args(recipe, tokenizer, work_dir, ctx.seed(n, "train"))
     reward = JudgeReward(judge, constitution, args.num_generations, recipe.judge.principles, ctx.seed(n, "judge"),
-                         {tokenizer.eos_token_id}, recipe.train.truncation_penalty)
+                         {tokenizer.eos_token_id}, recipe.train.truncation_penalty, recipe.judge.verifier_weight,
+                         recipe.judge.verifier_strength)
     tokenizer.padding_side = "left"
     trainer = make_trainer(trainer_cls, ctx, start_adapter, args, reward_funcs=[reward],
                            train_dataset=to_prompt_dataset(prompts), processing_class=tokenizer,
