@@ -10,6 +10,8 @@ from test_rl import BAD, GOOD, ask, conv, planted  # noqa: F401 (planted is a fi
 from rlaif.cli import main
 from rlaif.config import recipe_from_dict
 from rlaif.evaluation.checks import check_all, load_instruction_set
+from rlaif.reporting.loaders import round_table
+from rlaif.reporting.markdown import write_report
 from rlaif.rundir import read_json, read_jsonl
 from rlaif.stages.prompts import load_pool
 from rlaif.stages.train_rl import JudgeReward, to_prompt_dataset
@@ -84,3 +86,14 @@ def test_the_rl_reward_is_the_same_combined_verdict(planted):  # noqa: F811 (the
     rows = list(to_prompt_dataset([{"id": "a", "prompt": "x", "constraints": [{"type": "lowercase"}]},
                                    {"id": "b", "prompt": "y"}]))
     assert [json.loads(r["constraints"]) for r in rows] == [[{"type": "lowercase"}], []]
+
+
+def test_verifier_agreement_is_in_the_report(constrained_run):
+    out, _ = constrained_run
+    report = write_report(out).read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| round |"))
+    assert "verifier agreement" in header and "constraints met" in header
+    table = round_table(out)
+    want = [read_json(out / f"round_{n:03d}/metrics.json")["judge"]["verifier_agreement"] for n in (1, 2)]
+    assert list(table["judge.verifier_agreement"]) == pytest.approx(want, nan_ok=True)
+    assert list(table["complete"]) == [True, True]

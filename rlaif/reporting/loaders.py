@@ -26,7 +26,8 @@ EVAL_COMMAND = "rlaif eval {run}"
 HEADLINE = {
     "generate": ("candidates", "mean_tokens", "std_tokens", "truncated_share", "empty_share", "kl_to_base_estimate"),
     "judge": ("mode", "mean_margin", "order_agreement", "position_bias_p_first", "intransitive_share", "length_corr",
-              "longer_preferred", "label_mass", "failed_verdicts", "reference_agreement"),
+              "longer_preferred", "label_mass", "failed_verdicts", "reference_agreement", "verifier_agreement",
+              "constraint_prompts", "constraints_met_share"),
     "pairs": ("kept", "dropped", "mean_margin_kept"),
     "train": ("method", "pairs", "steps", "loss_first", "loss_last", "reward_margin_before", "reward_margin_after",
               "reward_accuracy_after", "adapter_delta_norm", "reward_mean", "reward_std", "kl", "clip_fraction",
@@ -114,12 +115,11 @@ def round_table(run: str | Path) -> pd.DataFrame:
     """One row per round: ``round``, ``complete``, ``seconds`` and each stage's headline metrics as
     ``stage.key`` columns (only keys some round has: a DPO run has no ``train.reward_mean``)."""
     rd = open_run(run)
-    method = read_json(rd.manifest_path).get("recipe", {}).get("train", {}).get("method", "dpo")
-    stages = ("prompts", "generate", "judge", "pairs", "train") if method == "dpo" else ("prompts", "train")
+    recorded = read_json(rd.manifest_path).get("rounds", {})  # the loop records a round once all its stages are done
     rows = []
     for n in rounds(run):
         m = rd.metrics(n)
-        row = {"round": n, "complete": all(rd.is_done(n, s) for s in stages),
+        row = {"round": n, "complete": str(n) in recorded,
                "seconds": sum(v.get("seconds", 0) for v in m.values() if isinstance(v, dict))}
         for stage, keys in HEADLINE.items():
             for k in keys:

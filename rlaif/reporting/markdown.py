@@ -64,6 +64,8 @@ ROUND_COLUMNS = [
     ("order agreement", "judge.order_agreement", _g("judge.order_agreement")),
     ("P(first)", "judge.position_bias_p_first", _g("judge.position_bias_p_first")),
     ("length corr", "judge.length_corr", _g("judge.length_corr")),
+    ("verifier agreement", "judge.verifier_agreement", _g("judge.verifier_agreement")),
+    ("constraints met", "judge.constraints_met_share", _g("judge.constraints_met_share")),
     ("DPO margin before → after", "train.reward_margin_before",
      lambda r: f"{fmt(r.get('train.reward_margin_before'), '.3g')} → {fmt(r.get('train.reward_margin_after'), '.3g')}"),
     ("reward mean ± std", "train.reward_mean",
