@@ -49,14 +49,8 @@ from rlaif.judging.verdicts import (
 )
 
 
-class ModelJudge:
-    """A causal LM as a pairwise judge: log-odds of the constitution's two labels, next token.
-
-    ``prefix_cache`` computes the tokens that comparisons share (system + constitution, then the
-    request under one principle) once (:mod:`rlaif.judging.prefix_cache`), and keeps the system + constitution
-    head between calls while the weights do not change; ``critique`` first has the model write
-    a short critique (greedy, ``critique_tokens``) and reads the label after it.
-    """
+class _ModelReader:
+    """What both judges share: a causal LM read at the end of each view, the prefix cache, the critique option."""
 
     pointwise = False
 
@@ -65,13 +59,31 @@ class ModelJudge:
         self.model, self.tokenizer, self.constitution, self.batch_size = model, tokenizer, constitution, batch_size
         self.prefix_cache, self.critique, self.critique_tokens = prefix_cache, critique, critique_tokens
         self.prefix_store = PrefixStore() if prefix_cache else None
+        self.last_critiques: list[str] = []
+        self._read_labels_setup()
+
+    def _read_labels_setup(self) -> None:
+        """Which label tokens the judge reads, after which prefix (each judge its own)."""
+        raise NotImplementedError
+
+
+class ModelJudge(_ModelReader):
+    """A causal LM as a pairwise judge: log-odds of the constitution's two labels, next token.
+
+    ``prefix_cache`` computes the tokens that comparisons share (system + constitution, then the
+    request under one principle) once (:mod:`rlaif.judging.prefix_cache`), and keeps the system + constitution
+    head between calls while the weights do not change; ``critique`` first has the model write
+    a short critique (greedy, ``critique_tokens``) and reads the label after it.
+    """
+
+    def _read_labels_setup(self) -> None:
+        tokenizer, constitution = self.tokenizer, self.constitution
         self.label_ids = label_token_ids(tokenizer, constitution)
-        if critique:
+        if self.critique:
             self.verdict_prefix, self.label_ids = critique_label_ids(
                 tokenizer, constitution, constitution.require("critique").pairwise_prefix, constitution.labels
             )
         self.last_label_mass: list[float] = []
-        self.last_critiques: list[str] = []
 
     def text(self, c: Comparison) -> str:
         messages = self.constitution.render(c.principle, c.prompt, c.answer_a, c.answer_b, critique=self.critique)
@@ -87,7 +99,7 @@ class ModelJudge:
         return logodds
 
 
-class PointwiseJudge:
+class PointwiseJudge(_ModelReader):
     """A causal LM as a rubric scorer: the expected score over the score labels' next-token probabilities.
 
     Follows Self-Rewarding Language Models (Yuan et al. 2024) in scoring each answer on its own with
@@ -99,17 +111,13 @@ class PointwiseJudge:
 
     pointwise = True
 
-    def __init__(self, model, tokenizer, constitution: Constitution, batch_size: int = 8,
-                 prefix_cache: bool = True, critique: bool = False, critique_tokens: int = 48):
-        self.model, self.tokenizer, self.constitution, self.batch_size = model, tokenizer, constitution, batch_size
-        self.prefix_cache, self.critique, self.critique_tokens = prefix_cache, critique, critique_tokens
-        self.prefix_store = PrefixStore() if prefix_cache else None
+    def _read_labels_setup(self) -> None:
+        tokenizer, constitution = self.tokenizer, self.constitution
         self.rubric = constitution.require("pointwise")
-        prefix = constitution.require("critique").pointwise_prefix if critique else self.rubric.answer_prefix
+        prefix = constitution.require("critique").pointwise_prefix if self.critique else self.rubric.answer_prefix
         self.score_prefix, self.label_ids = critique_label_ids(
-            tokenizer, constitution, prefix, self.rubric.labels, pointwise=True, after_critique=critique
+            tokenizer, constitution, prefix, self.rubric.labels, pointwise=True, after_critique=self.critique
         )
-        self.last_critiques: list[str] = []
 
     def text(self, prompt: str, answer: str) -> str:
         messages = self.constitution.render_pointwise(prompt, answer, critique=self.critique)
