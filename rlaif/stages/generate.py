@@ -2,6 +2,7 @@
 
 Prompts go through the model's chat template, batched with left padding and attention masks. Each
 batch is seeded from (run seed, round, batch index), so a redone stage reproduces the same samples.
+Each prompt's prefill runs once and its key/value cache is shared by its K samples (:func:`sample`).
 Every candidate also gets its summed log-probability under the policy and under the adapter-off
 base: their difference, averaged, is a Monte-Carlo estimate of KL(policy ‖ base) on its own samples,
 and it is the evidence that a round's candidates came from the previous round's adapter.
@@ -31,6 +32,30 @@ def eos_ids(model, tokenizer) -> set[int]:
 
 
 @torch.no_grad()
+def sample(model, enc, cfg: GenerateConfig, pad_token_id: int) -> torch.Tensor:
+    """``model.generate`` with K samples per prompt, each prompt's prefill computed once for its K samples.
+
+    ``num_return_sequences=K`` would copy every prompt K times before the prefill, and on a CPU the
+    prefill is compute-bound: the prompts (all but their last token) run once, their key/value cache
+    is repeated K times, and ``generate`` samples from there. The random draws are the same as with
+    ``num_return_sequences`` (same seed, same order), so are the samples up to float rounding.
+    Returns the prompts (repeated K times) followed by the new tokens, as ``generate`` does.
+    """
+    ids, mask, k = enc["input_ids"], enc["attention_mask"], cfg.num_candidates
+    settings = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k or None,
+                "repetition_penalty": cfg.repetition_penalty, "max_new_tokens": cfg.max_new_tokens,
+                "pad_token_id": pad_token_id}
+    if ids.shape[1] < 2 or k == 1:
+        return model.generate(**enc, num_return_sequences=k, **settings)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                  use_cache=True, logits_to_keep=1).past_key_values
+    cache.batch_repeat_interleave(k)
+    return model.generate(input_ids=ids.repeat_interleave(k, 0), attention_mask=mask.repeat_interleave(k, 0),
+                          past_key_values=cache, **settings)
+
+
+@torch.no_grad()
 def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConfig, seed: int) -> list[dict]:
     """Rows ``{prompt_id, candidate, text, num_tokens, truncated}``, K per prompt, in prompt order."""
     stop = eos_ids(model, tokenizer)
@@ -45,17 +70,7 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
             add_special_tokens=False,
         ).to(model.device)
         torch.manual_seed(derive_seed(seed, "generate", b))
-        out = model.generate(
-            **enc,
-            do_sample=True,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=cfg.top_k or None,
-            repetition_penalty=cfg.repetition_penalty,
-            max_new_tokens=cfg.max_new_tokens,
-            num_return_sequences=cfg.num_candidates,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        out = sample(model, enc, cfg, tokenizer.pad_token_id)
         new = out[:, enc["input_ids"].shape[1] :].tolist()
         for s, tokens in enumerate(new):
             prompt = batch[s // cfg.num_candidates]
