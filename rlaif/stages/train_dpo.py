@@ -15,12 +15,14 @@ rlaif wraps the trainer; it does not reimplement DPO (Rafailov et al. 2023). Wha
   ``precompute_ref_log_probs``, on in ``DPO_DEFAULTS``) instead of in every step of every epoch.
 - **Evidence, from the training log.** TRL logs ``rewards/margins`` (β·[(log π − log π_ref)(chosen) −
   (…)(rejected)]) and ``rewards/accuracies`` for every step, each measured on the step's batch just
-  before the update; rlaif does not run separate evaluation passes over the pairs. ``before`` is the
-  first logged step: the only measurement no update has touched (exact with ``logging_steps: 1``,
-  but on one batch). ``after`` is the mean over the last epoch's steps: every pair, each measured
-  before the trainer's last update on it, so it lags the final adapter a little. Both err toward
-  understating what the round's training did. The adapter's distance from where the round started
-  is recorded too.
+  before the update; rlaif does not run separate evaluation passes over the pairs. ``before`` is 0
+  by construction where the policy starts as its own reference (a fresh adapter, or ``previous``);
+  otherwise (``base`` from round 2 on) it is the first logged step, the only measurement no update
+  has touched (exact with ``logging_steps: 1``, but on one batch). ``after`` is the mean over the
+  last epoch's steps: every pair, each measured before the trainer's last update on it, so it lags
+  the final adapter a little. Both err toward understating what the round's training did. (Where
+  the margin is 0, TRL's first-step accuracy is the sign of float rounding: the reference was
+  scored in other batches.) The adapter's distance from where the round started is recorded too.
 """
 
 import shutil
@@ -94,6 +96,8 @@ def train_dpo(ctx: RunContext, pairs: list[dict], start_adapter, out_dir, work_d
     save_adapter(trainer, out_dir)
     history = list(trainer.state.log_history)
     before, after = logged_windows(history)
+    if start_adapter is None or recipe.train.reference == "previous":  # the policy starts as its reference
+        before = {"rewards/margins": 0.0, "rewards/accuracies": 0.0}
     train_logs = [h for h in history if "loss" in h]
     metrics = {
         "pairs": len(pairs),
