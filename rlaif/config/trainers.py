@@ -44,6 +44,7 @@ DPO_DEFAULTS: dict[str, Any] = {
     "warmup_steps": 0,
     "optim": "adamw_torch",
     "dataloader_num_workers": 0,
+    "precompute_ref_log_probs": True,  # the reference is fixed within a round: score it once, not every step
 }
 # On-policy RL on a small model, kept stable: a KL leash to the adapter-off base (TRL's GRPO default
 # is beta=0), each generation batch reused for two clipped updates (num_iterations=2: PPO's several

@@ -16,9 +16,19 @@ rlaif wraps the trainer; it does not reimplement DPO (Rafailov et al. 2023). Wha
   TRL splits them) through :class:`TokenizedDPOTrainer`: content that writes ``<|im_end|>`` stays
   text, and a candidate cut off at ``max_new_tokens`` (``chosen_truncated`` / ``rejected_truncated``
   in pairs.jsonl) is left open, so DPO never teaches the model to end a turn mid-sentence.
-- **Evidence.** TRL's own evaluation runs on the round's pairs before and after training; its
-  ``rewards/margins`` (β·[(log π − log π_ref)(chosen) − (…)(rejected)]) must move toward the chosen
-  responses. The adapter's distance from where the round started is recorded too.
+- **No wasted passes.** The reference is fixed within a round (the adapter-off base, or the frozen
+  copy of the starting adapter), so its log-probs are computed once before training (TRL's
+  ``precompute_ref_log_probs``, on in ``DPO_DEFAULTS``) instead of in every step of every epoch.
+- **Evidence, from the training log.** TRL logs ``rewards/margins`` (β·[(log π − log π_ref)(chosen) −
+  (…)(rejected)]) and ``rewards/accuracies`` for every step, each measured on the step's batch just
+  before the update; rlaif does not run separate evaluation passes over the pairs. ``before`` is 0
+  by construction where the policy starts as its own reference (a fresh adapter, or ``previous``);
+  otherwise (``base`` from round 2 on) it is the first logged step, the only measurement no update
+  has touched (exact with ``logging_steps: 1``, but on one batch). ``after`` is the mean over the
+  last epoch's steps: every pair, each measured before the trainer's last update on it, so it lags
+  the final adapter a little. Both err toward understating what the round's training did. (Where
+  the margin is 0, TRL's first-step accuracy is the sign of float rounding: the reference was
+  scored in other batches.) The adapter's distance from where the round started is recorded too.
 """
 
 import shutil
@@ -64,10 +74,15 @@ class TokenizedDPOTrainer(DPOTrainer):
         return dataset
 
 
-def _eval_metrics(trainer) -> dict:
-    out = trainer.evaluate()
-    keep = ("eval_loss", "eval_rewards/margins", "eval_rewards/accuracies", "eval_rewards/chosen", "eval_rewards/rejected")
-    return {k.removeprefix("eval_"): out[k] for k in keep if k in out}
+def logged_windows(history: list[dict]) -> tuple[dict, dict]:
+    """(first logged step, mean over the last epoch's logged steps) of TRL's per-step training logs."""
+    steps = [h for h in history if "rewards/margins" in h and "loss" in h]
+    if not steps:
+        return {}, {}
+    last_epoch = [h for h in steps if h["epoch"] > steps[-1]["epoch"] - 1 + 1e-9]
+    keys = ("rewards/margins", "rewards/accuracies")
+    return ({k: steps[0][k] for k in keys},
+            {k: sum(h[k] for h in last_epoch) / len(last_epoch) for k in keys})
 
 
 def run(ctx: RunContext, n: int) -> dict:
@@ -100,15 +115,16 @@ def train_dpo(ctx: RunContext, n: int, pairs: list[dict], start_adapter, out_dir
     args.seed = ctx.seed(n, "train")  # each round's trainer draws its own stream
     trainer = make_trainer(
         TokenizedDPOTrainer, ctx, start_adapter, args,
-        train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer, callbacks=ctx.trainer_callbacks(n),
+        train_dataset=dataset, processing_class=tokenizer, callbacks=ctx.trainer_callbacks(n),
     )
     before_state = trainable_state(trainer.model)
-    before = _eval_metrics(trainer)
     trainer.train()
-    after = _eval_metrics(trainer)
     save_adapter(trainer, out_dir)
     history = list(trainer.state.log_history)
-    train_logs = [h for h in history if "loss" in h and "eval_loss" not in h]
+    before, after = logged_windows(history)
+    if start_adapter is None or recipe.train.reference == "previous":  # the policy starts as its reference
+        before = {"rewards/margins": 0.0, "rewards/accuracies": 0.0}
+    train_logs = [h for h in history if "loss" in h]
     metrics = {
         "pairs": len(pairs),
         "steps": trainer.state.global_step,
@@ -118,8 +134,6 @@ def train_dpo(ctx: RunContext, n: int, pairs: list[dict], start_adapter, out_dir
         "reward_margin_after": after.get("rewards/margins"),
         "reward_accuracy_before": before.get("rewards/accuracies"),
         "reward_accuracy_after": after.get("rewards/accuracies"),
-        "eval_loss_before": before.get("loss"),
-        "eval_loss_after": after.get("loss"),
         "adapter_delta_norm": adapter_distance(trainer.model, before_state),
         "reference": recipe.train.reference,
     }
