@@ -19,24 +19,14 @@ import sys
 from pathlib import Path
 
 from rlaif import loop
-from rlaif.config import (
-    apply_overrides,
-    build_lora_config,
-    build_trl_config,
-    load_recipe,
-    recipe_from_dict,
-    reference_markdown,
-)
+from rlaif.config import apply_overrides, load_recipe, recipe_from_dict, reference_markdown
 from rlaif.errors import RlaifError
-from rlaif.evaluation.checks import load_instruction_set
 from rlaif.evaluation.evaluate import evaluate_run, format_table
-from rlaif.judging.constitution import load_constitution
-from rlaif.models import check_model_source
 from rlaif.pipeline import REDO_STAGES
+from rlaif.preflight import preflight
 from rlaif.reporting.tracking import Tracker
 from rlaif.run import RunContext
 from rlaif.rundir import read_json
-from rlaif.stages.prompts import load_pool
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -50,7 +40,8 @@ def make_parser() -> argparse.ArgumentParser:
         return p
 
     with_recipe(sub.add_parser("run", help="run every round of a recipe (resumes an existing run folder)"))
-    with_recipe(sub.add_parser("validate", help="check a recipe: keys, types, files, model source"))
+    with_recipe(sub.add_parser("validate", help="check a recipe as `rlaif run` does before it starts: keys, types, "
+                                                "prompts, labels, tokenizer, weights, run folder"))
     for stage in REDO_STAGES:
         p = with_recipe(sub.add_parser(stage, help=f"run (or redo) the {stage} stage of one round"))
         p.add_argument("--round", type=int, default=None, help="round number (default: the first round without it)")
@@ -67,40 +58,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def validate(recipe) -> list[str]:
-    """Everything `rlaif run` would trip over before its first stage, checked without loading weights."""
-    lines = [f"recipe {recipe.source}: keys and types ok"]
-    pool = load_pool(recipe.prompts)
-    lines.append(f"prompts: {pool.counts['train']} training, {pool.counts['heldout']} held out "
-                 f"({pool.counts['duplicates']} duplicates, {pool.counts['empty']} empty skipped)"
-                 + (f"; {pool.counts['no_reference']} without a reference answer" if "no_reference" in pool.counts else ""))
-    c = load_constitution(recipe.judge.constitution)
-    lines.append(f"constitution {c.source}: {len(c.principles)} principles, labels {list(c.labels)}"
-                 + (f", pointwise scores {list(c.pointwise.labels)}" if c.pointwise else "")
-                 + (", critique" if c.critique else ""))
-    j = recipe.judge
-    if j.mode == "pointwise":
-        c.require("pointwise")
-    if j.critique:
-        c.require("critique")
-    lines.append(f"judge: {j.mode}{' with critique' if j.critique else ''}, model {j.model}"
-                 + ("" if j.prefix_cache else ", no prefix cache"))
-    lines.append(f"model: {check_model_source(recipe.model.source, recipe.model.cache_dir)}")
-    lines.append(f"hardware: {RunContext(recipe).hardware()['summary']}")
-    e, g = recipe.eval, recipe.safeguards
-    if e.instructions != "none":
-        n_if = len(load_instruction_set(None if e.instructions == "bundled" else e.instructions))
-    rules = [f"{k}={v}" for k, v in g.model_dump().items() if v is not None]
-    lines.append(f"eval: {e.heldout_prompts or 'all'} of {pool.counts['heldout']} held-out prompts x{e.samples}, "
-                 + (f"{e.instruction_prompts or n_if} of {n_if} instruction prompts" if e.instructions != "none"
-                    else "no instruction prompts")
-                 + f", judge {e.judge_model} ({e.judge_mode}); "
-                 + ("every round" if e.each_round or rules else "on `rlaif eval` only")
-                 + (f"; safeguards: {', '.join(rules)}" if rules else ""))
-    build_lora_config(recipe)
-    method = recipe.train.method
-    build_trl_config(recipe, method, Path(recipe.run.output_dir) / "validate.tmp")
-    lines.append(f"{method} and lora sections accepted by TRL and peft")
-    return lines
+    """What `rlaif run` checks before it touches the run folder (:mod:`rlaif.preflight`), one line per check.
+    Loads the tokenizer, no weights."""
+    return preflight(RunContext(recipe))
 
 
 def eval_recipe(target: str, overrides: list[str]):

@@ -9,20 +9,19 @@ conversion).
 """
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 from rlaif.config import Recipe
 from rlaif.errors import RlaifError
 from rlaif.evaluation.safeguards import round_verdict, write_result
-from rlaif.judging.judges import label_token_ids
-from rlaif.models import load_tokenizer, resolve_model
 from rlaif.pipeline import Stage, later_stages, producers, stage_named, stages_for
+from rlaif.preflight import preflight
 from rlaif.reporting.fmt import fmt
 from rlaif.reporting.tracking import Tracker, sample_rows
-from rlaif.run import SELF_JUDGES, RunContext, say
+from rlaif.run import RunContext, say
 from rlaif.rundir import RunDir, package_versions, sha256_dir, write_json
-from rlaif.stages.prompts import load_pool
 
 
 def round_summary(m: dict) -> str:
@@ -64,6 +63,8 @@ def run_stage(ctx: RunContext, n: int, stage: Stage) -> dict:
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     ctx.run.write_metrics(n, stage.name, metrics)
     ctx.run.mark_done(n, stage.name, [f for f in stage.writes if ctx.run.path(n, f).exists()], stage.redo)
+    for name in stage.work:  # kept across a kill until the stage is committed (training checkpoints)
+        shutil.rmtree(ctx.run.path(n, name), ignore_errors=True)
     say(f"round {n}: {stage.name} done in {metrics['seconds']:.1f}s")
     return metrics
 
@@ -72,9 +73,10 @@ def run_stage(ctx: RunContext, n: int, stage: Stage) -> dict:
 
 
 # what may change between invocations on one run folder: more rounds, tracking, the safeguard
-# thresholds (a stopped run can be continued by loosening the rule that stopped it); and where the folder
-# is: the folder is the run's identity, so a run folder copied, moved or named by a relative path resumes
-IGNORED_ON_RESUME = {("run", "rounds"), ("run", "output_dir"), ("wandb",), ("safeguards",)}
+# thresholds (a stopped run can be continued by loosening the rule that stopped it), how often training
+# checkpoints (they do not change what is trained: tests/test_resume.py); and where the folder is: the
+# folder is the run's identity, so a run folder copied, moved or named by a relative path resumes
+IGNORED_ON_RESUME = {("run", "rounds"), ("run", "output_dir"), ("wandb",), ("safeguards",), ("train", "checkpoint_steps")}
 
 
 def _comparable(recipe_dict: dict) -> dict:
@@ -104,7 +106,7 @@ def open_manifest(s: RunContext) -> dict:
         if changed:
             raise RlaifError(
                 f"{s.run.root} was made by a different recipe (changed: {', '.join(changed)}); "
-                "use another run.output_dir, or put the old values back (only run.rounds, wandb and safeguards may change)"
+                "use another run.output_dir, or put the old values back (only run.rounds, train.checkpoint_steps, wandb and safeguards may change)"
             )
         manifest["recipe"] = _jsonable(resolved)
         manifest["hardware"] = s.hardware()
@@ -150,16 +152,6 @@ def record_round(s: RunContext, n: int) -> None:
 # ---------------------------------------------------------------- entry points
 
 
-def preflight(s: RunContext) -> None:
-    """Fail on bad input before the run folder is touched: model, tokenizer, prompts, constitution."""
-    load_pool(s.recipe.prompts)
-    label_token_ids(s.tokenizer, s.constitution)  # also loads the model source's tokenizer
-    judge_model = s.recipe.judge.model
-    if judge_model not in SELF_JUDGES:  # a separate judge model: its tokenizer must fit the labels too
-        m = s.recipe.model
-        label_token_ids(load_tokenizer(resolve_model(judge_model, m.cache_dir), None, m.trust_remote_code), s.constitution)
-
-
 def run_all(recipe: Recipe) -> tuple[RunDir, dict]:
     """All rounds of the recipe, continuing from the last completed stage of an existing run folder.
 
@@ -188,12 +180,14 @@ def _rounds(s: RunContext, tracker) -> dict:
     names = [stage.name for stage in stages]
     done = 0
     for n in range(1, recipe.run.rounds + 1):
-        if not s.run.is_complete(n, names):
-            for stage in stages:
-                if not s.run.is_done(n, stage.name):
-                    run_stage(s, n, stage)
-            record_round(s, n)
+        for stage in stages:
+            if not s.run.is_done(n, stage.name):
+                run_stage(s, n, stage)
+        # provenance comes from the files: a round the manifest lacks (a kill after its last stage, before
+        # this) is logged and recorded now; logged first, so a kill in between logs it twice, never not at all
+        if str(n) not in s.run.read_manifest()["rounds"]:
             tracker.log_round(n, s.run.metrics(n), sample_rows(s.run, n, recipe.wandb.sample_prompts))
+            record_round(s, n)
             say(f"round {n} complete: {s.run.round_dir(n)}: {round_summary(s.run.metrics(n))}")
         done = n
         broken = round_verdict(recipe.safeguards, s.run, n) if "evaluate" in names else None

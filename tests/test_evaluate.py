@@ -120,7 +120,7 @@ def test_each_round_is_evaluated_against_base_and_previous(evaluated_run):
         assert c["p"] == pytest.approx((c["p_a_ij"] + 1 - c["p_a_ji"]) / 2)
     assert read_json(out / "result.json") == {
         "status": "completed", "reason": None, "stopped_after_round": None, "best_round": 2,
-        "adapter": "round_002/adapter", "rounds_completed": 2,
+        "adapter": "round_002/adapter", "rounds_completed": 2, "rounds_without_pairs": [],
     }
 
 

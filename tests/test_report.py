@@ -138,6 +138,9 @@ def test_report_of_an_rl_run_draws_reward_not_verdicts(tmp_path):
         write_jsonl(run / f"round_{n:03d}/completions.jsonl",
                     [{"step": 0, "call": 1, "prompt_id": "p1", "completion": c, "text": "x", "reward": 0.1,
                       "mean_win": 0.5, "truncated": True} for c in (0, 1)])
+    (run / "round_001/adapter").mkdir()  # the result names it: it must hold an adapter's files
+    write_json(run / "round_001/adapter/adapter_config.json", {})
+    (run / "round_001/adapter/adapter_model.safetensors").write_bytes(b"")
     write_json(run / "result.json", {"status": "stopped", "reason": "win rate vs previous 0.31 < 0.4",
                                      "stopped_after_round": 2, "best_round": 1, "adapter": "round_001/adapter",
                                      "rounds_completed": 2})

@@ -137,7 +137,7 @@ def test_rl_rounds_train_with_their_own_seed(tiny_model, tmp_path, monkeypatch):
     """The GRPO/RLOO path passes the same per-round trainer seed (the trainer itself is stubbed)."""
     seen = []
 
-    def fake_train_rl(ctx, n, prompts, judge, start, out_dir, work_dir):
+    def fake_train_rl(ctx, n, prompts, judge, start, out_dir, work_dir, resume=None):
         seen.append(rl_args(ctx.recipe, ctx.tokenizer, work_dir, ctx.seed(n, "train")).seed)  # as build_rl_trainer does
         out_dir.mkdir(parents=True)
         (out_dir / "adapter_config.json").write_text("{}")

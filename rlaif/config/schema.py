@@ -259,6 +259,13 @@ class TrainConfig(Section):
     truncation_penalty: Float = _f(
         0.5, "RL: subtracted from the reward of a completion that hit max_completion_length without ending."
     )
+    checkpoint_steps: Int = _f(
+        0,
+        "Save a training checkpoint every this many optimizer steps into `round_NNN/checkpoints/`, so a "
+        "killed train stage resumes from the newest one instead of starting over (deleted once the stage "
+        "completes). 0 = off.",
+        ge=0,
+    )
 
 
 class EvalConfig(Section):

@@ -73,7 +73,8 @@ GRPO_DEFAULTS: dict[str, Any] = {**_RL_COMMON, "beta": 0.04}
 RLOO_DEFAULTS: dict[str, Any] = {**_RL_COMMON, "beta": 0.04}
 TRL_DEFAULTS = {"dpo": DPO_DEFAULTS, "grpo": GRPO_DEFAULTS, "rloo": RLOO_DEFAULTS}
 # Fields of TRL's configs that rlaif sets itself.
-TRL_RESERVED = {"output_dir": "run.output_dir", "seed": "run.seed", "report_to": "wandb", "save_strategy": None}
+TRL_RESERVED = {"output_dir": "run.output_dir", "seed": "run.seed", "report_to": "wandb",
+                "save_strategy": "train.checkpoint_steps", "save_steps": "train.checkpoint_steps"}
 
 LORA_DEFAULTS: dict[str, Any] = {
     "r": 16,
@@ -199,7 +200,9 @@ def build_trl_config(recipe: "Recipe", method: str, output_dir: str | Path):
         "output_dir": str(output_dir),
         "seed": recipe.run.seed,
         "report_to": "none",
-        "save_strategy": "no",
+        # checkpoints only for resuming a killed stage (rlaif.lora.train); the adapter is saved by rlaif
+        **({"save_strategy": "steps", "save_steps": recipe.train.checkpoint_steps} if recipe.train.checkpoint_steps
+           else {"save_strategy": "no"}),
         "use_cpu": not _accelerator_available(),
     }
     try:

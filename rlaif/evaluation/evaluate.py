@@ -64,6 +64,29 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def heldout_prompts(pool, tokenizer, max_tokens: int, n: int) -> list[dict]:
+    """The first ``n`` (0: all) held-out prompts of ``pool`` that fit ``max_tokens`` under the chat template."""
+    fitting = [p for p in pool.heldout if prompt_token_count(tokenizer, p["prompt"]) <= max_tokens]
+    if not pool.heldout:
+        raise RlaifError(
+            "no held-out prompts to evaluate on: the prompt set's held-out split is empty "
+            "(set prompts.heldout_fraction for a file or hub prompt set)"
+        )
+    if not fitting:
+        raise RlaifError(
+            f"no held-out prompts to evaluate on: all {len(pool.heldout)} held-out prompts are longer than "
+            f"prompts.max_prompt_tokens={max_tokens}"
+        )
+    return fitting[: n or len(fitting)]
+
+
+def eval_judge_config(recipe: Recipe):
+    """The evaluation judge's settings: the recipe's judge section with ``eval.judge_model`` / ``judge_mode``,
+    every principle shown."""
+    e = recipe.eval
+    return recipe.judge.model_copy(update={"mode": e.judge_mode, "model": e.judge_model, "principles": "all"})
+
+
 class Evaluator:
     """Answers, judges and scores models on the held-out prompts of one run folder, caching everything."""
 
@@ -86,16 +109,8 @@ class Evaluator:
 
     # -- inputs
     def _heldout_prompts(self) -> list[dict]:
-        pool = load_pool(self.recipe.prompts)
-        tok, limit = self.ctx.tokenizer, self.recipe.prompts.max_prompt_tokens
-        fitting = [p for p in pool.heldout if prompt_token_count(tok, p["prompt"]) <= limit]
-        if not fitting:
-            raise RlaifError(
-                "no held-out prompts to evaluate on: the prompt set's held-out split is empty "
-                "(set prompts.heldout_fraction for a file or hub prompt set)"
-            )
-        n = self.cfg.heldout_prompts or len(fitting)
-        return fitting[:n]
+        return heldout_prompts(load_pool(self.recipe.prompts), self.ctx.tokenizer, self.recipe.prompts.max_prompt_tokens,
+                               self.cfg.heldout_prompts)
 
     def _instruction_prompts(self) -> list[dict]:
         if self.cfg.instructions == "none":
@@ -184,8 +199,7 @@ class Evaluator:
     @property
     def judge(self):
         if self._judge is None:
-            cfg = self.recipe.judge.model_copy(update={"mode": self.cfg.judge_mode, "model": self.cfg.judge_model,
-                                                       "principles": "all"})
+            cfg = eval_judge_config(self.recipe)
             if cfg.model == "base":
                 model, tokenizer = self.base, self.ctx.tokenizer
             else:
@@ -324,16 +338,22 @@ def evaluate_run(recipe: Recipe, rounds: list[int] | None = None, adapter: Path 
 
 
 def evaluate_round(ctx: RunContext, n: int) -> dict:
-    """The evaluate stage: round n against the base and the round before it (cached pieces reused)."""
+    """The evaluate stage: round n against the base and the round before it (cached pieces reused).
+
+    A round without an adapter trained nothing (no pairs survived, and no earlier round trained one: a
+    later round carries the previous adapter over as its own), so its policy is still the base: the base
+    is what is evaluated, and the result says so (``skipped``); no safeguard rule can break on it.
+    """
     ev = Evaluator(ctx)
-    m = Model(f"round_{n:03d}", n, ctx.run.adapter(n))
-    if not (m.adapter / "adapter_config.json").is_file():
-        raise RlaifError(f"round {n}: stage 'evaluate' needs the round's adapter ({m.adapter})")
     base = ev.summarize(Model("base", 0, None))
-    row = ev.summarize(m)
-    judge = {"model": ev.cfg.judge_model, "mode": ev.cfg.judge_mode, **ev.judge_accuracy()}
-    write_json(ctx.run.path(n, "eval.json"), {"model": row, "base": base, "judge": judge})
-    return {"model": row, "base": base, "judge": judge}
+    adapter = ctx.run.adapter(n)
+    if not (adapter / "adapter_config.json").is_file():
+        out = {"model": base, "base": base, "skipped": "no adapter: nothing trained, the policy is the base"}
+    else:
+        out = {"model": ev.summarize(Model(f"round_{n:03d}", n, adapter)), "base": base}
+    out["judge"] = {"model": ev.cfg.judge_model, "mode": ev.cfg.judge_mode, **ev.judge_accuracy()}
+    write_json(ctx.run.path(n, "eval.json"), out)
+    return out
 
 
 def format_table(results: dict) -> str:

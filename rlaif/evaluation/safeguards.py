@@ -22,7 +22,7 @@ rather than the one with the best win-rate because a 32-prompt win-rate has a 95
 import math
 
 from rlaif.config import SafeguardsConfig
-from rlaif.rundir import RunDir, read_json, write_json
+from rlaif.rundir import RunDir, check_adapter, read_json, write_json
 
 
 def broken_rules(cfg: SafeguardsConfig, model: dict, base: dict) -> list[str]:
@@ -73,14 +73,21 @@ def write_result(run: RunDir, rounds_completed: int, stopped_at: int | None, rea
     best = healthy if stopped_at is not None else rounds_completed
     if best is None:
         best = 0
-    adapter = run.adapter(best) if best else None
+    adapter = run.adapter(best) if best and run.adapter(best).exists() else None
+    if adapter is not None:  # never name an adapter that cannot be loaded, or not the one that was trained
+        check_adapter(adapter)
+        run.verify(best, ["adapter"])
     result = {
         "status": "stopped" if stopped_at is not None else "completed",
         "reason": "; ".join(reasons) if reasons else None,
         "stopped_after_round": stopped_at,
         "best_round": best,
-        "adapter": str(adapter.relative_to(run.root)) if adapter is not None and adapter.exists() else None,
+        "adapter": str(adapter.relative_to(run.root)) if adapter is not None else None,
         "rounds_completed": rounds_completed,
+        # rounds that trained nothing (no preference pairs survived): the run goes on, each round draws new
+        # prompts; such a round's policy is the one it started from
+        "rounds_without_pairs": [r for r in range(1, rounds_completed + 1)
+                                 if run.metrics(r).get("train", {}).get("skipped") == "no pairs"],
     }
     write_json(run.root / "result.json", result)
     return result

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from rlaif.errors import RlaifError
-from rlaif.rundir import RunDir, read_json, read_jsonl
+from rlaif.rundir import RunDir, read_json, read_jsonl, read_result
 
 EVAL_COMMAND = "rlaif eval {run}"
 HEADLINE = {
@@ -200,7 +200,7 @@ def eval_comparisons(run: str | Path) -> pd.DataFrame | None:
 
 
 def run_result(run: str | Path) -> dict | None:
-    """``RUN/result.json`` (status, reason, best round) as written by ``rlaif run``; None if absent."""
-    path = open_run(run).root / "result.json"
-    return read_json(path) if path.is_file() else None
+    """``RUN/result.json`` (status, reason, best round) as written by ``rlaif run``; None if absent. One naming
+    an adapter that cannot be loaded is refused (:func:`rlaif.rundir.read_result`)."""
+    return read_result(open_run(run).root)
 

@@ -38,7 +38,15 @@ from trl import DPOTrainer
 
 from rlaif import chat
 from rlaif.config import build_trl_config
-from rlaif.lora import adapter_distance, make_trainer, save_adapter, trainable_state
+from rlaif.lora import (
+    adapter_distance,
+    checkpoint_step,
+    make_trainer,
+    save_adapter,
+    train,
+    trainable_state,
+    work_folder,
+)
 from rlaif.run import RunContext, say
 from rlaif.rundir import TMP_MARK, commit_dir, read_jsonl, sha256_dir, write_jsonl
 
@@ -99,15 +107,18 @@ def run(ctx: RunContext, n: int) -> dict:
             commit_dir(tmp, out)
         write_jsonl(ctx.run.path(n, "train_log.jsonl"), [])
         return {"pairs": 0, "skipped": "no pairs", "start_adapter": ctx.rel(start)}
-    work = ctx.run.round_dir(n) / f"trainer{TMP_MARK}work"
-    metrics, history = train_dpo(ctx, n, pairs, start, out, work)
-    shutil.rmtree(work, ignore_errors=True)
+    work, resume = work_folder(ctx, n, ("pairs.jsonl",), start, ctx.seed(n, "train"))
+    if resume is not None:
+        say(f"round {n}: training resumes from {ctx.rel(resume)}")
+    metrics, history = train_dpo(ctx, n, pairs, start, out, work, resume)
     write_jsonl(ctx.run.path(n, "train_log.jsonl"), history)
-    return {**metrics, "start_adapter": ctx.rel(start), "adapter_sha256": sha256_dir(out)}
+    return {**metrics, "start_adapter": ctx.rel(start), "adapter_sha256": sha256_dir(out),
+            "resumed_from_step": checkpoint_step(resume) if resume else None}
 
 
-def train_dpo(ctx: RunContext, n: int, pairs: list[dict], start_adapter, out_dir, work_dir):
-    """Train one round's adapter and save it to ``out_dir`` (atomically). Returns (metrics, log_history)."""
+def train_dpo(ctx: RunContext, n: int, pairs: list[dict], start_adapter, out_dir, work_dir, resume=None):
+    """Train one round's adapter and save it to ``out_dir`` (atomically), from the checkpoint ``resume`` when
+    given (:func:`rlaif.lora.train`). Returns (metrics, log_history)."""
     recipe, tokenizer = ctx.recipe, ctx.tokenizer
     dataset = to_dataset(pairs, tokenizer)
     tokenizer.padding_side = "left"
@@ -118,7 +129,7 @@ def train_dpo(ctx: RunContext, n: int, pairs: list[dict], start_adapter, out_dir
         train_dataset=dataset, processing_class=tokenizer, callbacks=ctx.trainer_callbacks(n),
     )
     before_state = trainable_state(trainer.model)
-    trainer.train()
+    train(trainer, resume)
     save_adapter(trainer, out_dir)
     history = list(trainer.state.log_history)
     before, after = logged_windows(history)

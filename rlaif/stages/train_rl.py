@@ -29,12 +29,17 @@ What is ours, and where it deviates:
   decoded text and are marked there.
 - **Zero-signal groups** (all rewards equal) produce zero advantages under a group baseline; they
   are counted, not hidden.
+- **Resuming a killed round** (``train.checkpoint_steps``): checkpoints fall only where a batch of
+  generations is used up (TRL does not save the generations it reuses for ``num_iterations`` updates),
+  and the reward's records are kept beside each one. Within an epoch (the default is one) the resumed
+  round equals the uninterrupted one byte for byte; over several epochs the later epochs' prompt order
+  differs after a resume (TRL's ``RepeatSampler`` draws each epoch's order from one generator, which a
+  resume starts afresh).
 """
 
 import json
 import math
 import resource
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -49,9 +54,17 @@ from rlaif.judging.judges import build_judge
 from rlaif.judging.rank import mean_wins, win_matrix
 from rlaif.judging.verdicts import PairJudge, judge_candidates
 from rlaif.judging.verifier import apply_verifier
-from rlaif.lora import adapter_distance, make_trainer, save_adapter, trainable_state
+from rlaif.lora import (
+    adapter_distance,
+    checkpoint_step,
+    make_trainer,
+    save_adapter,
+    train,
+    trainable_state,
+    work_folder,
+)
 from rlaif.run import RunContext, say
-from rlaif.rundir import TMP_MARK, read_jsonl, sha256_dir, write_jsonl
+from rlaif.rundir import read_json, read_jsonl, sha256_dir, write_json, write_jsonl
 from rlaif.stages.generate import eos_ids
 
 
@@ -65,6 +78,9 @@ def _prompt_text(prompt) -> str:
     if isinstance(prompt, list):
         return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
     return prompt
+
+
+REWARD_RECORDS, REWARD_COUNTS = "rlaif_reward_records.jsonl", "rlaif_reward_counts.json"  # in a checkpoint
 
 
 class JudgeReward:
@@ -88,6 +104,17 @@ class JudgeReward:
         self.groups = 0
         self.zero_signal_groups = 0
         self.calls = 0
+
+    def save(self, checkpoint: Path) -> None:
+        """Keep the records and counts so far beside a trainer checkpoint (a resumed round continues them)."""
+        write_jsonl(checkpoint / REWARD_RECORDS, self.records)
+        write_json(checkpoint / REWARD_COUNTS, {"groups": self.groups, "zero_signal_groups": self.zero_signal_groups,
+                                                "calls": self.calls})
+
+    def restore(self, checkpoint: Path) -> None:
+        self.records = read_jsonl(checkpoint / REWARD_RECORDS)
+        counts = read_json(checkpoint / REWARD_COUNTS)
+        self.groups, self.zero_signal_groups, self.calls = counts["groups"], counts["zero_signal_groups"], counts["calls"]
 
     def __call__(self, prompts, completions, prompt_id, completion_ids=None, constraints=None, **kwargs) -> list[float]:
         if len(completions) % self.k:
@@ -148,9 +175,10 @@ def run(ctx: RunContext, n: int) -> dict:
         judge_adapter, judge = ctx.rel(adapter), build_judge(cfg, model, tokenizer, ctx.constitution)
     say(f"round {n}: {recipe.train.method} from " + (ctx.rel(start) or "a fresh adapter")
         + f", judge = {judge_adapter or cfg.model}")
-    work = ctx.run.round_dir(n) / f"trainer{TMP_MARK}work"
-    metrics, history, records = train_rl(ctx, n, prompts, judge, start, ctx.run.adapter(n), work)
-    shutil.rmtree(work, ignore_errors=True)
+    work, resume = work_folder(ctx, n, ("prompts.jsonl",), start, ctx.seed(n, "train"))
+    if resume is not None:
+        say(f"round {n}: training resumes from {ctx.rel(resume)}")
+    metrics, history, records = train_rl(ctx, n, prompts, judge, start, ctx.run.adapter(n), work, resume)
     write_jsonl(ctx.run.path(n, "completions.jsonl"), records)
     write_jsonl(ctx.run.path(n, "train_log.jsonl"), history)
     return {**metrics, "start_adapter": ctx.rel(start), "judge_adapter": judge_adapter,
@@ -163,6 +191,12 @@ def rl_args(recipe: Recipe, tokenizer, work_dir: Path, seed: int | None = None):
     args = build_trl_config(recipe, recipe.train.method, work_dir)
     if seed is not None:
         args.seed = seed
+    if args.save_strategy == "steps":
+        # checkpoints only where a batch of generations is used up: TRL does not save the generations it
+        # reuses for num_iterations updates, and regenerates them on resume
+        cycle = args.steps_per_generation * args.num_iterations  # in micro-batches
+        every = cycle // math.gcd(cycle, args.gradient_accumulation_steps)  # in optimizer steps
+        args.save_steps = math.ceil(args.save_steps / every) * every
     args.chat_template_kwargs = {**(args.chat_template_kwargs or {}), **chat.trl_chat_kwargs(tokenizer)}
     return args
 
@@ -191,21 +225,24 @@ def build_rl_trainer(ctx: RunContext, n: int, prompts: list[dict], judge, start_
 
 
 def train_rl(ctx: RunContext, n: int, prompts: list[dict], judge, start_adapter: Path | None, out_dir: Path,
-             work_dir: Path):
-    """One round of GRPO or RLOO (:func:`build_rl_trainer`), saved to ``out_dir``.
+             work_dir: Path, resume: Path | None = None):
+    """One round of GRPO or RLOO (:func:`build_rl_trainer`), saved to ``out_dir``, from the checkpoint
+    ``resume`` when given (the reward's records up to it are kept in the checkpoint).
 
     Returns (metrics, log_history, completion records).
     """
     recipe, method = ctx.recipe, ctx.recipe.train.method
     trainer, reward = build_rl_trainer(ctx, n, prompts, judge, start_adapter, work_dir)
     before = trainable_state(trainer.model)
+    if resume is not None:
+        reward.restore(resume)
     t0 = time.perf_counter()
-    trainer.train()
+    train(trainer, resume, reward.save)
     seconds = time.perf_counter() - t0
     save_adapter(trainer, out_dir)
     history = list(trainer.state.log_history)
     rewards = [r["reward"] for r in reward.records]
-    steps = trainer.state.global_step
+    steps, skipped = trainer.state.global_step, checkpoint_step(resume) if resume else 0
     metrics = {
         "method": method,
         "prompts": len(prompts),
@@ -223,7 +260,8 @@ def train_rl(ctx: RunContext, n: int, prompts: list[dict], judge, start_adapter:
         "completion_mean_length": _mean_logged(history, "completions/mean_length"),
         "loss_mean": _mean_logged(history, "loss"),
         "adapter_delta_norm": adapter_distance(trainer.model, before),
-        "seconds_per_step": seconds / steps if steps else None,
+        "seconds_per_step": seconds / (steps - skipped) if steps > skipped else None,
+        "resumed_from_step": skipped or None,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
         "reference": recipe.train.reference,
         "rl_judge": recipe.train.rl_judge,
