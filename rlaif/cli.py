@@ -28,6 +28,7 @@ from rlaif.config import (
     recipe_from_dict,
     reference_markdown,
 )
+from rlaif.distributed import quiet_other_processes
 from rlaif.errors import RlaifError
 from rlaif.evaluation.checks import load_instruction_set
 from rlaif.evaluation.evaluate import evaluate_run, format_table
@@ -145,6 +146,7 @@ def run_eval(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_other_processes()  # under torchrun / accelerate launch, the main process prints
     try:
         if args.command == "reference":
             print(reference_markdown())

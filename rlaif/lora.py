@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from rlaif.config import build_lora_config
+from rlaif.distributed import rank_log, tensors_digest
 from rlaif.rundir import TMP_MARK, commit_dir
 
 
@@ -46,11 +47,22 @@ def make_trainer(trainer_cls, ctx, start_adapter: Path | None, args, **kwargs):
 
 
 def save_adapter(trainer, out_dir: Path) -> None:
-    """The trained adapter only (not TRL's frozen "ref" copy), committed atomically."""
-    tmp = out_dir.with_name(f"{out_dir.name}{TMP_MARK}train")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp), selected_adapters=["default"])
-    commit_dir(tmp, out_dir)
+    """The trained adapter only (not TRL's frozen "ref" copy), committed atomically by the main process.
+
+    With several processes every one takes part in collecting the weights (``get_state_dict`` gathers the
+    shards under FSDP and DeepSpeed ZeRO-3; under DDP each process holds all of them), the main process
+    writes, and the others wait until the adapter is in place.
+    """
+    acc = trainer.accelerator
+    model = acc.unwrap_model(trainer.model)
+    rank_log(acc.state, "adapter", digest=tensors_digest(trainable_state(model)))
+    state = acc.get_state_dict(trainer.model) if acc.num_processes > 1 else None
+    if acc.is_main_process:
+        tmp = out_dir.with_name(f"{out_dir.name}{TMP_MARK}train")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp), selected_adapters=["default"], state_dict=state)
+        commit_dir(tmp, out_dir)
+    acc.wait_for_everyone()
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:

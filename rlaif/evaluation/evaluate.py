@@ -15,6 +15,9 @@ Deviations from the usual win-rate evaluations (AlpacaEval, MT-Bench): the judge
 frozen base, not a strong external model, so win-rates near 0.5 mean "the judge cannot tell", not
 "no change"; and a tie (p exactly 0.5, or a failed verdict) counts as half a win.
 
+With several processes, each answers, scores and judges a contiguous share of the prompts, the results
+are gathered back in prompt order, and the main process writes the files.
+
 Everything is cached under ``RUN/eval/``: responses per model (keyed by the adapter's sha256 and the
 evaluation settings) and head-to-heads per pair of models, so ``rlaif eval`` after a run whose rounds
 were already evaluated only re-reads files, and a redone round is evaluated afresh.
@@ -35,13 +38,14 @@ import statistics
 from pathlib import Path
 
 from rlaif.config import Recipe
+from rlaif.distributed import gather, main_lock, on_main, split
 from rlaif.errors import RlaifError
 from rlaif.evaluation import checks as checkers
 from rlaif.judging.judges import build_judge, judge_candidates
 from rlaif.run import RunContext, say
 from rlaif.rundir import read_json, read_jsonl, sha256_dir, write_json, write_jsonl
 from rlaif.seeds import derive_seed
-from rlaif.stages.generate import generate_candidates, response_logprobs
+from rlaif.stages.generate import generate_candidates, logprobs_split
 from rlaif.stages.prompts import load_pool, prompt_token_count
 
 # ---------------------------------------------------------------- metrics (pure functions)
@@ -207,8 +211,7 @@ class Evaluator:
         if path.is_file() and meta_path.is_file() and read_json(meta_path) == meta:
             return read_jsonl(path)
         rows = self._generate(m)
-        write_jsonl(path, rows)
-        write_json(meta_path, meta)
+        on_main(self.ctx.state, _write_cached, path, rows, meta_path, meta)  # the others wait for the files
         return rows
 
     def _generate(self, m: Model) -> list[dict]:
@@ -220,14 +223,16 @@ class Evaluator:
         for name, prompts, k in (("heldout", self.heldout, self.cfg.samples), ("instructions", self.instructions, 1)):
             if not prompts:
                 continue
-            for r in sample_responses(model, self.ctx.tokenizer, prompts, self._gen_cfg(k), seed, m.name, name):
+            mine = split(self.ctx.state, prompts)  # with several processes, a share of the prompts each
+            for r in gather(self.ctx.state, sample_responses(model, self.ctx.tokenizer, mine, self._gen_cfg(k), seed,
+                                                             m.name, name)):
                 r["set"] = name
                 rows.append(r)
         text_of = {p["id"]: p["prompt"] for p in self.heldout + self.instructions}
         heldout = [r for r in rows if r["set"] == "heldout"]  # the KL estimate's samples
-        args = (self.ctx.tokenizer, [text_of[r["prompt_id"]] for r in heldout], [r["text"] for r in heldout])
-        own = response_logprobs(model, *args)
-        base = response_logprobs(self.base, *args) if m.adapter else own
+        args = ([text_of[r["prompt_id"]] for r in heldout], [r["text"] for r in heldout])
+        own = logprobs_split(self.ctx, model, *args)
+        base = logprobs_split(self.ctx, self.base, *args) if m.adapter else own
         for r, lp, lb in zip(heldout, own, base):
             r["logp_model"], r["logp_base"] = lp, lb
         constraints = {p["id"]: p["constraints"] for p in self.instructions}
@@ -273,13 +278,13 @@ class Evaluator:
             for idx, side in enumerate((ra, rb)):
                 r = side[p["id"]]
                 candidates.append({"prompt_id": p["id"], "candidate": idx, "text": r["text"]})
-        verdicts = judge_candidates(self.judge, self.ctx.constitution, self.heldout, candidates, "all",
-                                    self.recipe.run.seed)
+        mine = split(self.ctx.state, self.heldout)  # whole prompts: a head-to-head stays on one process
+        verdicts = gather(self.ctx.state, judge_candidates(self.judge, self.ctx.constitution, mine, candidates, "all",
+                                                           self.recipe.run.seed))
         rows = [{"prompt_id": v["prompt_id"], "p_a_ij": v["p_a_ij"], "p_a_ji": v["p_a_ji"], "p": v["p_i"],
                  "agree": v["agree"], **({"score_a": v["score_i"], "score_b": v["score_j"]} if "score_i" in v else {})}
                 for v in verdicts]
-        write_jsonl(path, rows)
-        write_json(meta_path, {"key": key})
+        on_main(self.ctx.state, _write_cached, path, rows, meta_path, {"key": key})
         return rows
 
     def _response_key(self, m: Model) -> dict:
@@ -323,8 +328,14 @@ class Evaluator:
             "max_new_tokens": self.max_new_tokens,
             "models": [self.summarize(m) for m in models],
         }
-        write_json(self.root / "results.json", out)
+        on_main(self.ctx.state, write_json, self.root / "results.json", out)
         return out
+
+
+def _write_cached(path: Path, rows: list[dict], meta_path: Path, meta: dict) -> None:
+    """A cached piece: the rows, then the meta file that makes them valid (written last)."""
+    write_jsonl(path, rows)
+    write_json(meta_path, meta)
 
 
 def _nanmean(xs: list[float]) -> float:
@@ -359,7 +370,7 @@ def evaluate_run(recipe: Recipe, rounds: list[int] | None = None, adapter: Path 
             missing = sorted(set(rounds) - {m.round for m in models})
             if missing:
                 raise RlaifError(f"{run.root}: no adapter for round(s) {missing}")
-    with run.lock():
+    with main_lock(ctx.state, run):
         return ev.results(models)
 
 
@@ -371,7 +382,7 @@ def evaluate_round(ctx: RunContext, n: int) -> dict:
         raise RlaifError(f"round {n}: stage 'evaluate' needs the round's adapter ({m.adapter})")
     base = ev.summarize(Model("base", 0, None))
     row = ev.summarize(m)
-    write_json(ctx.run.path(n, "eval.json"), {"model": row, "base": base})
+    on_main(ctx.state, write_json, ctx.run.path(n, "eval.json"), {"model": row, "base": base})
     return {"model": row, "base": base}
 
 

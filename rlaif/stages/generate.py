@@ -1,7 +1,9 @@
 """Stage 2, generate: the current policy samples K candidates per prompt.
 
 Prompts go through the model's chat template, batched with left padding and attention masks. Each
-batch is seeded from (run seed, round, batch index), so a redone stage reproduces the same samples.
+candidate is sampled from its own random stream, seeded from (run seed, round, prompt id, candidate index)
+(:mod:`rlaif.sampling`), so a redone stage reproduces the same samples, and neither the batch size nor the
+number of processes the prompts are split across changes them.
 Every candidate also gets its summed log-probability under the policy and under the adapter-off
 base: their difference, averaged, is a Monte-Carlo estimate of KL(policy ‖ base) on its own samples,
 and it is the evidence that a round's candidates came from the previous round's adapter.
@@ -13,8 +15,10 @@ import torch
 from tqdm.auto import tqdm
 
 from rlaif.config import GenerateConfig
+from rlaif.distributed import gather, rank_log, share, split
 from rlaif.run import RunContext, say
 from rlaif.rundir import read_jsonl, sha256_dir, write_jsonl
+from rlaif.sampling import sample
 from rlaif.seeds import derive_seed
 
 
@@ -44,18 +48,8 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
             padding=True,
             add_special_tokens=False,
         ).to(model.device)
-        torch.manual_seed(derive_seed(seed, "generate", b))
-        out = model.generate(
-            **enc,
-            do_sample=True,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=cfg.top_k or None,
-            repetition_penalty=cfg.repetition_penalty,
-            max_new_tokens=cfg.max_new_tokens,
-            num_return_sequences=cfg.num_candidates,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        seeds = [derive_seed(seed, "generate", p["id"], c) for p in batch for c in range(cfg.num_candidates)]
+        out = sample(model, enc, seeds, cfg, tokenizer.pad_token_id)
         new = out[:, enc["input_ids"].shape[1] :].tolist()
         for s, tokens in enumerate(new):
             prompt = batch[s // cfg.num_candidates]
@@ -104,19 +98,30 @@ def response_logprobs(model, tokenizer, prompt_texts: list[str], responses: list
     return out
 
 
+def logprobs_split(ctx: RunContext, model, prompt_texts: list[str], responses: list[str], batch_size: int = 8):
+    """:func:`response_logprobs` of each process's share, gathered in order. Shares are whole batches, so
+    every number is computed in the same batch (the same padding) as one process would compute it."""
+    r = share(ctx.state, len(responses), batch_size)
+    part = response_logprobs(model, ctx.tokenizer, prompt_texts[r.start : r.stop], responses[r.start : r.stop], batch_size)
+    return gather(ctx.state, part)
+
+
 def run(ctx: RunContext, n: int) -> dict:
     """The generate stage: round n's policy writes K candidates per prompt, scored under policy and base."""
     prompts = read_jsonl(ctx.run.path(n, "prompts.jsonl"))
     model, adapter = ctx.load_policy(n)
     say(f"round {n}: policy = base" + (f" + {ctx.rel(adapter)}" if adapter else ""))
-    rows = generate_candidates(model, ctx.tokenizer, prompts, ctx.recipe.generate, ctx.seed(n, "generate"))
+    mine = split(ctx.state, prompts)  # this process's prompts (all of them when it is the only one)
+    rank_log(ctx.state, "generate", round=n, prompts=[p["id"] for p in mine])
+    rows = gather(ctx.state, generate_candidates(model, ctx.tokenizer, mine, ctx.recipe.generate, ctx.seed(n, "generate")))
     text_of = {p["id"]: p["prompt"] for p in prompts}
-    args = (ctx.tokenizer, [text_of[r["prompt_id"]] for r in rows], [r["text"] for r in rows])
-    policy = response_logprobs(model, *args)
-    base = response_logprobs(ctx.load_base(), *args) if adapter else policy
+    args = ([text_of[r["prompt_id"]] for r in rows], [r["text"] for r in rows])
+    policy = logprobs_split(ctx, model, *args)
+    base = logprobs_split(ctx, ctx.load_base(), *args) if adapter else policy
     for row, lp, lb in zip(rows, policy, base):
         row["logp_policy"], row["logp_base"] = lp, lb
-    write_jsonl(ctx.run.path(n, "candidates.jsonl"), rows)
+    if ctx.is_main:
+        write_jsonl(ctx.run.path(n, "candidates.jsonl"), rows)
     lengths = [r["num_tokens"] for r in rows]
     return {
         "candidates": len(rows),

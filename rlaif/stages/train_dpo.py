@@ -21,6 +21,7 @@ from datasets import Dataset
 from trl import DPOTrainer
 
 from rlaif.config import build_trl_config
+from rlaif.distributed import train_after_evaluate
 from rlaif.lora import adapter_distance, make_trainer, save_adapter, trainable_state
 from rlaif.run import RunContext, say
 from rlaif.rundir import TMP_MARK, commit_dir, read_jsonl, sha256_dir, write_jsonl
@@ -53,6 +54,8 @@ def run(ctx: RunContext, n: int) -> dict:
     out = ctx.run.adapter(n)
     if not pairs:
         say(f"round {n}: no preference pairs survived the filters; the policy is carried over unchanged")
+        if not ctx.is_main:
+            return {"pairs": 0, "skipped": "no pairs", "start_adapter": ctx.rel(start)}
         if start is not None:
             tmp = out.with_name(out.name + TMP_MARK + "copy")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -61,9 +64,10 @@ def run(ctx: RunContext, n: int) -> dict:
         write_jsonl(ctx.run.path(n, "train_log.jsonl"), [])
         return {"pairs": 0, "skipped": "no pairs", "start_adapter": ctx.rel(start)}
     work = ctx.run.round_dir(n) / f"trainer{TMP_MARK}work"
-    metrics, history = train_dpo(ctx, pairs, start, out, work)
-    shutil.rmtree(work, ignore_errors=True)
-    write_jsonl(ctx.run.path(n, "train_log.jsonl"), history)
+    metrics, history = train_dpo(ctx, pairs, start, out, work)  # under DDP with several processes
+    if ctx.is_main:
+        shutil.rmtree(work, ignore_errors=True)
+        write_jsonl(ctx.run.path(n, "train_log.jsonl"), history)
     return {**metrics, "start_adapter": ctx.rel(start), "adapter_sha256": sha256_dir(out)}
 
 
@@ -78,6 +82,7 @@ def train_dpo(ctx: RunContext, pairs: list[dict], start_adapter, out_dir, work_d
     )
     before_state = trainable_state(trainer.model)
     before = _eval_metrics(trainer)
+    train_after_evaluate(trainer)
     trainer.train()
     after = _eval_metrics(trainer)
     save_adapter(trainer, out_dir)

@@ -36,6 +36,8 @@ import trl
 from datasets import Dataset
 
 from rlaif.config import build_trl_config
+from rlaif.distributed import gather, process_state, rank_log, sharded_weights, split
+from rlaif.errors import RlaifError
 from rlaif.judging.constitution import Constitution
 from rlaif.judging.judges import PairJudge, build_judge, judge_candidates
 from rlaif.judging.rank import mean_wins, win_matrix
@@ -61,49 +63,78 @@ class JudgeReward:
 
     TRL passes completions flattened, ``num_generations`` consecutive ones per prompt, plus every
     extra dataset column (we pass ``prompt_id``) repeated to match. Groups are checked to share one
-    prompt id, so a reward never lands on another prompt's completion.
+    prompt id, so a reward never lands on another prompt's completion. All the groups of a reward step
+    go to the judge in one call (one batched pass over every comparison, instead of a call per group).
+
+    With several processes TRL's ``RepeatSampler`` spreads a prompt's group *across* processes (each
+    process holds a contiguous slice of the step's completions, and a slice need not end on a group
+    boundary), so each call first gathers the whole step, judges a contiguous share of its groups on
+    this process, and gathers the rewards back: every process returns the rewards of its own slice,
+    and every group is judged once, by one process, whole. Group ids, and so the principle sampled
+    for each comparison, are the same for any number of processes.
     """
 
     __name__ = "constitution_judge"
 
     def __init__(self, judge: PairJudge, constitution: Constitution, num_generations: int, principles: str,
-                 seed: int, eos_token_id: int, truncation_penalty: float):
+                 seed: int, eos_token_id: int, truncation_penalty: float, state=None):
         self.judge, self.constitution, self.k = judge, constitution, num_generations
         self.principles, self.seed, self.eos, self.penalty = principles, seed, eos_token_id, truncation_penalty
-        self.records: list[dict] = []
-        self.groups = 0
-        self.zero_signal_groups = 0
+        self.state = state or process_state()
+        self.records: list[dict] = []  # this process's judged groups (gather them for the round's file)
         self.calls = 0
 
     def __call__(self, prompts, completions, prompt_id, completion_ids=None, **kwargs) -> list[float]:
-        if len(completions) % self.k:
-            raise ValueError(f"{len(completions)} completions do not split into groups of {self.k}")
         self.calls += 1
         step = getattr(kwargs.get("trainer_state"), "global_step", None)
-        rewards: list[float] = []
-        for g in range(0, len(completions), self.k):
-            ids = set(prompt_id[g : g + self.k])
+        local = [
+            (_prompt_text(p), _text(c), pid, completion_ids is not None and self.eos not in list(completion_ids[i]))
+            for i, (p, c, pid) in enumerate(zip(prompts, completions, prompt_id))
+        ]
+        sizes = gather(self.state, [len(local)])
+        items = gather(self.state, local)  # the whole step, in TRL's order (process slices concatenated)
+        if len(items) % self.k:
+            raise ValueError(f"{len(items)} completions do not split into groups of {self.k}")
+        groups = list(range(len(items) // self.k))
+        mine = split(self.state, groups)
+        rank_log(self.state, "reward", call=self.calls, completions=len(local), groups=mine)
+        rewards = gather(self.state, self._judge_groups(items, mine, step))
+        first = sum(sizes[: self.state.process_index])
+        return rewards[first : first + len(local)]
+
+    def _judge_groups(self, items: list[tuple], groups: list[int], step) -> list[float]:
+        """Rewards of the completions of ``groups`` (indices into ``items``, K apiece), in one judge call."""
+        prompts, cands = [], []
+        for g in groups:
+            members = items[g * self.k : (g + 1) * self.k]
+            ids = {m[2] for m in members}
             if len(ids) != 1:
                 raise ValueError(f"a group of {self.k} completions mixes prompts {sorted(ids)}")
-            pid = prompt_id[g]
-            texts = [_text(c) for c in completions[g : g + self.k]]
-            truncated = [
-                completion_ids is not None and self.eos not in list(completion_ids[g + i]) for i in range(self.k)
-            ]
-            group_id = f"{pid}@{self.calls}:{g // self.k}"
-            cands = [{"prompt_id": group_id, "candidate": i, "text": t} for i, t in enumerate(texts)]
-            prompt = [{"id": group_id, "prompt": _prompt_text(prompts[g])}]
-            verdicts = judge_candidates(self.judge, self.constitution, prompt, cands, self.principles, self.seed)
-            wins = mean_wins(win_matrix(self.k, verdicts))
-            group = [w - (self.penalty if t else 0.0) for w, t in zip(wins, truncated)]
-            self.groups += 1
-            if max(group) - min(group) < 1e-6:
-                self.zero_signal_groups += 1
-            for i, (text, r, w, t) in enumerate(zip(texts, group, wins, truncated)):
-                self.records.append({"step": step, "call": self.calls, "prompt_id": pid, "completion": i, "text": text,
-                                     "reward": r, "mean_win": w, "truncated": t})
+            group_id = f"{members[0][2]}@{self.calls}:{g}"
+            prompts.append({"id": group_id, "prompt": members[0][0]})
+            cands += [{"prompt_id": group_id, "candidate": i, "text": m[1]} for i, m in enumerate(members)]
+        verdicts = judge_candidates(self.judge, self.constitution, prompts, cands, self.principles, self.seed) if cands else []
+        by_group: dict[str, list[dict]] = {p["id"]: [] for p in prompts}
+        for v in verdicts:
+            by_group[v["prompt_id"]].append(v)
+        rewards: list[float] = []
+        for g, p in zip(groups, prompts):
+            members = items[g * self.k : (g + 1) * self.k]
+            wins = mean_wins(win_matrix(self.k, by_group[p["id"]]))
+            group = [w - (self.penalty if m[3] else 0.0) for w, m in zip(wins, members)]
+            for i, (m, r, w) in enumerate(zip(members, group, wins)):
+                self.records.append({"step": step, "call": self.calls, "group": g, "prompt_id": m[2], "completion": i,
+                                     "text": m[1], "reward": r, "mean_win": w, "truncated": m[3]})
             rewards += group
         return rewards
+
+
+def zero_signal(records: list[dict]) -> tuple[int, int]:
+    """(groups, groups whose rewards are all equal): under a group baseline the latter teach nothing."""
+    groups: dict[tuple, list[float]] = {}
+    for r in records:
+        groups.setdefault((r["call"], r["group"]), []).append(r["reward"])
+    return len(groups), sum(max(g) - min(g) < 1e-6 for g in groups.values())
 
 
 def to_prompt_dataset(prompts: list[dict]):
@@ -132,9 +163,10 @@ def run(ctx: RunContext, n: int) -> dict:
         + f", judge = {judge_adapter or cfg.model}")
     work = ctx.run.round_dir(n) / f"trainer{TMP_MARK}work"
     metrics, history, records = train_rl(ctx, prompts, judge, start, ctx.run.adapter(n), work, ctx.seed(n, "judge"))
-    shutil.rmtree(work, ignore_errors=True)
-    write_jsonl(ctx.run.path(n, "completions.jsonl"), records)
-    write_jsonl(ctx.run.path(n, "train_log.jsonl"), history)
+    if ctx.is_main:
+        shutil.rmtree(work, ignore_errors=True)
+        write_jsonl(ctx.run.path(n, "completions.jsonl"), records)
+        write_jsonl(ctx.run.path(n, "train_log.jsonl"), history)
     return {**metrics, "start_adapter": ctx.rel(start), "judge_adapter": judge_adapter,
             "adapter_sha256": sha256_dir(ctx.run.adapter(n))}
 
@@ -150,11 +182,14 @@ def train_rl(ctx: RunContext, prompts: list[dict], judge, start_adapter: Path | 
     trainer_cls = trl.GRPOTrainer if method == "grpo" else trl.RLOOTrainer
     args = build_trl_config(recipe, method, work_dir)
     reward = JudgeReward(judge, constitution, args.num_generations, recipe.judge.principles, seed,
-                         tokenizer.eos_token_id, recipe.train.truncation_penalty)
+                         tokenizer.eos_token_id, recipe.train.truncation_penalty, ctx.state)
     tokenizer.padding_side = "left"
     trainer = make_trainer(trainer_cls, ctx, start_adapter, args, reward_funcs=[reward],
                            train_dataset=to_prompt_dataset(prompts), processing_class=tokenizer)
     if judge is None:
+        if sharded_weights(trainer.accelerator):
+            raise RlaifError("train.rl_judge: live judges with the weights being trained, which FSDP / DeepSpeed ZeRO-3 "
+                             "shard across processes; use rl_judge: round_start, or DDP / ZeRO-2")
         model = trainer.accelerator.unwrap_model(trainer.model)
         reward.judge = _LiveJudge(build_judge(recipe.judge, model, tokenizer, constitution), model)
     before = trainable_state(trainer.model)
@@ -163,7 +198,9 @@ def train_rl(ctx: RunContext, prompts: list[dict], judge, start_adapter: Path | 
     seconds = time.perf_counter() - t0
     save_adapter(trainer, out_dir)
     history = list(trainer.state.log_history)
-    rewards = [r["reward"] for r in reward.records]
+    records = sorted(gather(ctx.state, reward.records), key=lambda r: (r["call"], r["group"], r["completion"]))
+    rewards = [r["reward"] for r in records]
+    groups, flat = zero_signal(records)
     steps = trainer.state.global_step
     metrics = {
         "method": method,
@@ -174,9 +211,9 @@ def train_rl(ctx: RunContext, prompts: list[dict], judge, start_adapter: Path | 
         "reward_std": statistics.pstdev(rewards) if rewards else None,
         "reward_min": min(rewards, default=None),
         "reward_max": max(rewards, default=None),
-        "zero_signal_groups": reward.zero_signal_groups,
-        "zero_signal_share": reward.zero_signal_groups / reward.groups if reward.groups else None,
-        "truncated_share": statistics.fmean(float(r["truncated"]) for r in reward.records) if rewards else None,
+        "zero_signal_groups": flat,
+        "zero_signal_share": flat / groups if groups else None,
+        "truncated_share": statistics.fmean(float(r["truncated"]) for r in records) if rewards else None,
         "kl": _mean_logged(history, "kl"),
         "clip_fraction": _mean_logged(history, "clip_ratio/region_mean", "clip_ratio"),
         "completion_mean_length": _mean_logged(history, "completions/mean_length"),
@@ -187,7 +224,7 @@ def train_rl(ctx: RunContext, prompts: list[dict], judge, start_adapter: Path | 
         "reference": recipe.train.reference,
         "rl_judge": recipe.train.rl_judge,
     }
-    return metrics, history, reward.records
+    return metrics, history, records
 
 
 class _LiveJudge:
