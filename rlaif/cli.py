@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from rlaif import loop
+from rlaif import loop, memory
 from rlaif.config import (
     apply_overrides,
     build_lora_config,
@@ -28,7 +28,7 @@ from rlaif.config import (
     recipe_from_dict,
     reference_markdown,
 )
-from rlaif.distributed import quiet_other_processes
+from rlaif.distributed import is_main_process, quiet_other_processes
 from rlaif.errors import RlaifError
 from rlaif.evaluation.checks import load_instruction_set
 from rlaif.evaluation.evaluate import evaluate_run, format_table
@@ -102,6 +102,7 @@ def validate(recipe) -> list[str]:
     method = recipe.train.method
     build_trl_config(recipe, method, Path(recipe.run.output_dir) / "validate.tmp")
     lines.append(f"{method} and lora sections accepted by TRL and peft")
+    lines += memory.summary(recipe)
     return lines
 
 
@@ -134,7 +135,7 @@ def run_eval(args) -> int:
     root = Path(recipe.run.output_dir)
     print(f"written: {root / 'eval' / 'results.json'}")
     manifest = root / "manifest.json"
-    if recipe.wandb.enabled and manifest.is_file():
+    if recipe.wandb.enabled and manifest.is_file() and is_main_process():
         tracker = Tracker(recipe.wandb, root, read_json(manifest).get("wandb_run_id"), {})
         try:
             tracker.log_eval(results)

@@ -186,15 +186,19 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def rank_logging() -> bool:
+    return bool(os.environ.get(RANK_LOG_ENV))
+
+
 def rank_log(state: PartialState, event: str, **values: Any) -> None:
     """With ``RLAIF_RANK_LOG=DIR`` set, append ``{event, rank, processes, ...values}`` to ``DIR/rank<N>.jsonl``.
 
     Every process writes its own file: the test of several processes reads what each one did (which prompts
     it generated and judged, the digest of the adapter it ended with). Off by default.
     """
-    folder = os.environ.get(RANK_LOG_ENV)
-    if not folder:
+    if not rank_logging():
         return
+    folder = os.environ[RANK_LOG_ENV]
     row = {"event": event, "rank": state.process_index, "processes": state.num_processes, **values}
     Path(folder).mkdir(parents=True, exist_ok=True)
     with open(Path(folder) / f"rank{state.process_index}.jsonl", "a", encoding="utf-8") as fh:

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from rlaif.config import build_lora_config
-from rlaif.distributed import rank_log, tensors_digest
+from rlaif.distributed import rank_log, rank_logging, tensors_digest
 from rlaif.rundir import TMP_MARK, commit_dir
 
 
@@ -55,7 +55,8 @@ def save_adapter(trainer, out_dir: Path) -> None:
     """
     acc = trainer.accelerator
     model = acc.unwrap_model(trainer.model)
-    rank_log(acc.state, "adapter", digest=tensors_digest(trainable_state(model)))
+    if rank_logging():
+        rank_log(acc.state, "adapter", digest=tensors_digest(trainable_state(model)))
     state = acc.get_state_dict(trainer.model) if acc.num_processes > 1 else None
     if acc.is_main_process:
         tmp = out_dir.with_name(f"{out_dir.name}{TMP_MARK}train")

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -228,6 +229,9 @@ def test_wandb_offline_without_api_key(tiny_model, tmp_path, monkeypatch):
         want = metrics[stage]
         for name in path:
             want = want[name]
+        if isinstance(want, float) and math.isnan(want):  # e.g. length_corr when every candidate has one length
+            assert key not in history[0], key  # a NaN is not logged
+            continue
         assert history[0][key] == pytest.approx(want), key
     # the samples table: every candidate of the first prompts, with rank, role and both orders' verdicts
     (table,) = runs[0].glob("files/media/table/samples_*.table.json")
