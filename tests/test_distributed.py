@@ -14,11 +14,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from accelerate import PartialState
 from conftest import REPO, tiny_recipe, write_recipe
 
 from rlaif.cli import main
+from rlaif.distributed import share, split
 from rlaif.rundir import TMP_MARK, read_json, read_jsonl
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -30,6 +33,22 @@ GRPO = {"train": {"method": "grpo", "truncation_penalty": 0.0},
         "grpo": {"num_generations": 4, "per_device_train_batch_size": 3, "generation_batch_size": 12,
                  "max_completion_length": 8, "learning_rate": 5e-3, "num_train_epochs": 1, "num_iterations": 1},
         "wandb": {"enabled": False}}
+
+
+@pytest.mark.parametrize("n_items", [0, 1, 5, 7, 16])
+@pytest.mark.parametrize("processes", [1, 2, 3, 4])
+def test_shares_are_contiguous_whole_units_that_cover_everything_once(n_items, processes):
+    items = list(range(n_items))
+    for unit in (1, 2, 3, 8):
+        states = [SimpleNamespace(num_processes=processes, process_index=i) for i in range(processes)]
+        parts = [split(st, items, unit) for st in states]
+        assert sum(parts, []) == items  # in order, each item once
+        assert all(r.start % unit == 0 for r in (share(st, n_items, unit) for st in states) if r)  # cut between units
+        sizes = [-(-len(p) // unit) for p in parts]
+        assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    for st in states:  # one item a unit: the same shares as accelerate's split_between_processes
+        with PartialState.split_between_processes(st, items) as theirs:
+            assert split(st, items) == list(theirs)
 
 
 def recipe(tiny_model, tmp_path, name: str, rounds: int, sections: dict) -> Path:
