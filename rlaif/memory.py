@@ -19,18 +19,23 @@ sum of:
   checkpointing: one hidden state a layer plus one layer's worth (not measured);
 - **logits**: TRL 1.16 never builds the full ``batch × length × vocabulary`` logits; its fused head
   projects tiles of at most 4096 tokens × 32768 vocabulary entries. On the CPU (PyTorch ops, no Triton)
-  a tile costs about 8 float32 copies at its peak (measured: 2.2 GB for 2048 tokens × 32768 entries), so
+  a tile costs about 8 float32 copies at its peak (measured: 2.1 GiB for 2048 tokens × 32768 entries), so
   ``min(tokens, 4096) × min(vocab, 32768) × 4 bytes × 8``. Tokens are rows × ``max_length``; DPO rows are the
   chosen and the rejected answer of each pair (2 × per_device_train_batch_size);
 - **KV cache** of generation: rows × (prompt + new tokens) × layers × 2 × kv_dim in the run's dtype;
-- **runtime**: what the process holds before any model (Python, PyTorch, transformers, TRL): 0.5 GB,
-  measured as the resident size after importing rlaif on the CPU. On a GPU count the CUDA context
-  (about 0.5 GB) instead.
+- **runtime**: what the process holds before any model (Python, PyTorch, transformers, TRL): 0.5 GiB,
+  measured as the resident size after importing rlaif on the CPU (0.46 GiB). On a GPU the CUDA context
+  takes about as much again, on the GPU.
+
+The estimate is for the longest batch the recipe allows (``max_length``); real batches are padded only to
+their longest row, so a run whose answers are shorter peaks lower.
 
 Checked against measurements: ``tests/test_memory.py`` runs one DPO training step in a subprocess and
 compares the growth of its peak resident size with the step's part of the estimate (adapter, activations,
-logits). Generation's KV cache, GRPO/RLOO and anything on a GPU are not measured: there the estimate is
-the formulas above, unchecked.
+logits; within 1.3×). The quickstart's train stage on the bundled model (13 pairs, longest row 122
+tokens) peaked at 4.32 GiB resident (``/usr/bin/time -v``); the estimate at that length is 4.34 GiB
+(9.63 GiB at the recipe's ``max_length`` of 320). Generation's KV cache, GRPO/RLOO and anything on a GPU
+are not measured: there the estimate is the formulas above, unchecked.
 """
 
 import contextlib
@@ -50,7 +55,7 @@ from rlaif.hardware import DTYPES
 from rlaif.models import BUNDLED_NAMES, bundled_gguf, resolve_model
 
 RUNTIME_BYTES = int(0.5 * 1024**3)
-GB = 1024**3
+GiB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,8 @@ class Estimate:
         return sum(self.parts.values())
 
     def line(self) -> str:
-        parts = ", ".join(f"{k} {v / GB:.2f}" for k, v in self.parts.items() if v)
-        return f"{self.stage}: {self.total / GB:.2f} GB ({parts})"
+        parts = ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.parts.items() if v)
+        return f"{self.stage}: {self.total / GiB:.2f} GiB ({parts})"
 
 
 def model_config(recipe: Recipe):
@@ -182,7 +187,7 @@ def summary(recipe: Recipe) -> list[str]:
     stages = estimate(recipe, s)
     peak = max(stages, key=lambda e: e.total)
     head = (f"memory: {s.params / 1e6:.0f}M parameters, {s.lora_params / 1e6:.2f}M LoRA; estimated peak per process "
-            f"{peak.total / GB:.2f} GB in {peak.stage} (GB by part; see rlaif/memory.py)")
+            f"{peak.total / GiB:.2f} GiB in {peak.stage} (GiB by part; see rlaif/memory.py)")
     lines = [head]
     lines += [f"  {e.line()}" for e in stages]
     return lines

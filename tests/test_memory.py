@@ -48,7 +48,7 @@ def test_validate_prints_the_estimate(tiny_model, tmp_path, capsys):
     out = capsys.readouterr().out
     stages = memory.estimate(recipe_from_dict(recipe))
     peak = max(stages, key=lambda e: e.total)
-    assert f"estimated peak per process {peak.total / memory.GB:.2f} GB in {peak.stage}" in out
+    assert f"estimated peak per process {peak.total / memory.GiB:.2f} GiB in {peak.stage}" in out
     assert all(f"  {e.line()}" in out for e in stages)
 
 
