@@ -21,14 +21,14 @@ pytestmark = [pytest.mark.gpu,
 
 @pytest.fixture
 def placements(monkeypatch):
-    """Records (what, parameter devices, frozen-parameter dtypes, input device) for every forward pass."""
+    """Records (what, parameter devices, base-weight dtypes, input device) for every forward pass."""
     seen: list[tuple] = []
 
     def watch(model, what: str):
         def hook(module, args, kwargs):
             x = kwargs.get("input_ids", args[0] if args else None)
             seen.append((what, {p.device.type for p in module.parameters()},
-                         {p.dtype for p in module.parameters() if not p.requires_grad},
+                         {p.dtype for n, p in module.named_parameters() if "lora_" not in n},  # peft keeps LoRA in fp32
                          None if x is None else x.device.type))
         model.register_forward_pre_hook(hook, with_kwargs=True)
         return model
