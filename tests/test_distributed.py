@@ -6,7 +6,8 @@
 it judged, and the digest of the adapter weights it ended training with.
 
 Runs: C (1 process, 1 DPO round) and A (2 processes, 1 DPO round) on the same recipe; A resumed to 2 rounds with
-1 process (B); C resumed to 2 rounds with 2 processes (D); E, one GRPO round with 2 processes.
+1 process (B); C resumed to 2 rounds with 2 processes (D), then given another recipe (both processes stop
+with the main process's error); E, one GRPO round with 2 processes.
 """
 
 import json
@@ -56,16 +57,17 @@ def recipe(tiny_model, tmp_path, name: str, rounds: int, sections: dict) -> Path
     return write_recipe(tmp_path / f"{name}-{rounds}.yaml", r)
 
 
-def torchrun(recipe_path: Path, rank_log: Path, tmp_path: Path) -> str:
+def torchrun(recipe_path: Path, rank_log: Path, tmp_path: Path, ok: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "RLAIF_RANK_LOG": str(rank_log),
            "WANDB_DIR": str(tmp_path / "wandb-env"), "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     env.pop("WANDB_MODE", None)
     proc = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "rlaif", "run", str(recipe_path)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert proc.stdout.count("done: ") == 1, "the result is printed once, by the main process"
-    return proc.stdout
+    if ok:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        assert proc.stdout.count("done: ") == 1, "the result is printed once, by the main process"
+    return proc
 
 
 def run_here(recipe_path: Path, rank_log: Path, monkeypatch) -> None:
@@ -160,6 +162,13 @@ def test_two_processes_split_the_work_write_once_and_resume_either_way(tiny_mode
     assert_candidates(c, 2)
     assert {r["round"] for r in events(tmp_path / "ranks-d", "generate")[0]} == {2}, "round 1 was not redone"
     assert wandb_ids(c) == {manifest["wandb_run_id"]}
+
+    # a user error found by the main process (another recipe on this folder) stops both processes with its message
+    changed = recipe(tiny_model, tmp_path, "c", 3, {**DPO, "generate": {**DPO["generate"], "temperature": 0.5}})
+    failed = torchrun(changed, tmp_path / "ranks-f", tmp_path, ok=False)
+    assert failed.returncode != 0
+    message = "was made by a different recipe (changed: generate.temperature)"
+    assert failed.stderr.count(message) == 2, failed.stderr[-3000:]  # one line from each process, no hang
 
 
 def test_grpo_with_two_processes_judges_every_group_once_whole(tiny_model, tmp_path):
