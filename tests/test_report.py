@@ -125,7 +125,7 @@ def test_report_on_a_folder_that_is_no_run_fails_cleanly(runs, tmp_path, capsys,
 def test_report_of_an_rl_run_draws_reward_not_verdicts(tmp_path):
     """GRPO/RLOO rounds have prompts + train only: reward and KL instead of verdicts and pairs (files as rl.py writes)."""
     run = tmp_path / "grpo"
-    write_json(run / "manifest.json", {"recipe_file": "recipes/grpo_cpu.yaml", "rounds": {},
+    write_json(run / "manifest.json", {"recipe_file": "recipes/grpo_cpu.yaml", "rounds": {"1": {}, "2": {}},
                                        "recipe": {"train": {"method": "grpo"}, "judge": {"mode": "pointwise"}}})
     for n in (1, 2):
         write_json(run / f"round_{n:03d}/state.json", {"completed": ["prompts", "train"]})
