@@ -18,8 +18,9 @@ import os
 import sys
 from pathlib import Path
 
-from rlaif import loop
+from rlaif import loop, memory
 from rlaif.config import apply_overrides, load_recipe, recipe_from_dict, reference_markdown
+from rlaif.distributed import is_main_process, quiet_other_processes
 from rlaif.errors import RlaifError
 from rlaif.evaluation.evaluate import evaluate_run, format_table
 from rlaif.pipeline import REDO_STAGES
@@ -58,9 +59,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def validate(recipe) -> list[str]:
-    """What `rlaif run` checks before it touches the run folder (:mod:`rlaif.preflight`), one line per check.
-    Loads the tokenizer, no weights."""
-    return preflight(RunContext(recipe))
+    """What `rlaif run` checks before it touches the run folder (:mod:`rlaif.preflight`), one line per check,
+    and the estimate of peak memory per process (:mod:`rlaif.memory`). Loads the tokenizer, no weights."""
+    return preflight(RunContext(recipe)) + memory.summary(recipe)
 
 
 def eval_recipe(target: str, overrides: list[str]):
@@ -92,7 +93,7 @@ def run_eval(args) -> int:
     root = Path(recipe.run.output_dir)
     print(f"written: {root / 'eval' / 'results.json'}")
     manifest = root / "manifest.json"
-    if recipe.wandb.enabled and manifest.is_file():
+    if recipe.wandb.enabled and manifest.is_file() and is_main_process():
         tracker = Tracker(recipe.wandb, root, read_json(manifest).get("wandb_run_id"), {})
         try:
             tracker.log_eval(results)
@@ -104,6 +105,7 @@ def run_eval(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_other_processes()  # under torchrun / accelerate launch, the main process prints
     try:
         if args.command == "reference":
             print(reference_markdown())

@@ -6,6 +6,10 @@ from are complete, and records what completed. A stage whose files are not all c
 complete, so ``rlaif run`` on an existing run folder redoes at most the stage that was interrupted and
 then continues. Stages hold no global state (the model is loaded per stage, ~1 s after the one-time
 conversion).
+
+With several processes (``torchrun``/``accelerate launch``, :mod:`rlaif.distributed`) every process runs
+this loop: all of them read the run folder's state to decide what runs next (so they agree), the main
+process alone takes the lock, writes and tracks, and every write is a point where the others wait for it.
 """
 
 import json
@@ -13,7 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
-from rlaif.config import Recipe
+from rlaif.config import Recipe, WandbConfig
+from rlaif.distributed import main_lock, on_main
 from rlaif.errors import RlaifError
 from rlaif.evaluation.safeguards import round_verdict, write_result
 from rlaif.pipeline import Stage, later_stages, producers, stage_named, stages_for
@@ -56,17 +61,22 @@ def check_inputs(ctx: RunContext, n: int, stage: Stage) -> None:
 
 
 def run_stage(ctx: RunContext, n: int, stage: Stage) -> dict:
+    """One stage: on every process (each its share) where the table says so, else on the main process."""
     say(f"round {n}: {stage.name} …")
     check_inputs(ctx, n, stage)
     t0 = time.perf_counter()
-    metrics = stage.run(ctx, n)
+    metrics = stage.run(ctx, n) if stage.every_process else on_main(ctx.state, stage.run, ctx, n)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    on_main(ctx.state, _commit_stage, ctx, n, stage, metrics)
+    say(f"round {n}: {stage.name} done in {metrics['seconds']:.1f}s")
+    return metrics
+
+
+def _commit_stage(ctx: RunContext, n: int, stage: Stage, metrics: dict) -> None:
     ctx.run.write_metrics(n, stage.name, metrics)
     ctx.run.mark_done(n, stage.name, [f for f in stage.writes if ctx.run.path(n, f).exists()], stage.redo)
     for name in stage.work:  # kept across a kill until the stage is committed (training checkpoints)
         shutil.rmtree(ctx.run.path(n, name), ignore_errors=True)
-    say(f"round {n}: {stage.name} done in {metrics['seconds']:.1f}s")
-    return metrics
 
 
 # ---------------------------------------------------------------- manifest
@@ -145,6 +155,7 @@ def record_round(s: RunContext, n: int) -> None:
         "adapter": s.rel(s.run.adapter(n)) if s.run.adapter(n).exists() else None,
         "adapter_sha256": metrics.get("train", {}).get("adapter_sha256"),
         "seeds": {"generate": s.seed(n, "generate"), "judge": s.seed(n, "judge"), "train": s.seed(n, "train")},
+        "processes": s.state.num_processes,
     }
     write_json(s.run.manifest_path, manifest)
 
@@ -158,20 +169,28 @@ def run_all(recipe: Recipe) -> tuple[RunDir, dict]:
     Returns the run folder and its result (``RUN/result.json``): completed, or stopped by a safeguard.
     """
     s = RunContext(recipe)
-    preflight(s)
-    with s.run.lock():
-        s.run.clean_tmp()
-        manifest = open_manifest(s)
-        verify_rounds(s)
-        tracker = s.tracker = Tracker(recipe.wandb, s.run.root, manifest.get("wandb_run_id"), manifest["recipe"])
-        if tracker.run_id and tracker.run_id != manifest.get("wandb_run_id"):
-            manifest["wandb_run_id"] = tracker.run_id
-            write_json(s.run.manifest_path, manifest)
+    on_main(s.state, preflight, s)  # the main process converts the bundled model once; the others reuse it
+    with main_lock(s.state, s.run):
+        tracker = on_main(s.state, _open_run, s, share_result=False) or Tracker(WandbConfig(enabled=False), s.run.root,
+                                                                                 None, {})
+        s.tracker = tracker
         try:
             result = _rounds(s, tracker)
         finally:
             tracker.finish()
     return s.run, result
+
+
+def _open_run(s: RunContext) -> Tracker:
+    """The main process's start of ``rlaif run``: leftovers cleaned, the manifest opened, the W&B run started."""
+    s.run.clean_tmp()
+    manifest = open_manifest(s)
+    verify_rounds(s)
+    tracker = Tracker(s.recipe.wandb, s.run.root, manifest.get("wandb_run_id"), manifest["recipe"])
+    if tracker.run_id and tracker.run_id != manifest.get("wandb_run_id"):
+        manifest["wandb_run_id"] = tracker.run_id
+        write_json(s.run.manifest_path, manifest)
+    return tracker
 
 
 def _rounds(s: RunContext, tracker) -> dict:
@@ -180,24 +199,42 @@ def _rounds(s: RunContext, tracker) -> dict:
     names = [stage.name for stage in stages]
     done = 0
     for n in range(1, recipe.run.rounds + 1):
-        for stage in stages:
-            if not s.run.is_done(n, stage.name):
-                run_stage(s, n, stage)
-        # provenance comes from the files: a round the manifest lacks (a kill after its last stage, before
-        # this) is logged and recorded now; logged first, so a kill in between logs it twice, never not at all
-        if str(n) not in s.run.read_manifest()["rounds"]:
-            tracker.log_round(n, s.run.metrics(n), sample_rows(s.run, n, recipe.wandb.sample_prompts))
-            record_round(s, n)
-            say(f"round {n} complete: {s.run.round_dir(n)}: {round_summary(s.run.metrics(n))}")
+        # decided by the main process, so that every process runs the same stages (their collectives match)
+        todo = on_main(s.state, lambda n=n: [i for i, st in enumerate(stages) if not s.run.is_done(n, st.name)])
+        for i in todo:
+            run_stage(s, n, stages[i])
+        on_main(s.state, _finish_round, s, tracker, n)
         done = n
-        broken = round_verdict(recipe.safeguards, s.run, n) if "evaluate" in names else None
+        broken = on_main(s.state, round_verdict, recipe.safeguards, s.run, n) if "evaluate" in names else None
         if broken:
-            result = write_result(s.run, done, n, broken, healthy=n - 1)
+            result = on_main(s.state, write_result, s.run, done, n, broken, healthy=n - 1)
             say(f"stopped after round {n} by a safeguard: {result['reason']}. The result is "
                 f"{result['adapter'] or 'the base model (no adapter)'}; every round stays in {s.run.root}")
             tracker.summary({"stopped_after_round": n, "stop_reason": result["reason"], "best_round": result["best_round"]})
             return result
-    return write_result(s.run, done, None, [], healthy=None)
+    return on_main(s.state, write_result, s.run, done, None, [], healthy=None)
+
+
+def _finish_round(s: RunContext, tracker: Tracker, n: int) -> None:
+    """Provenance comes from the files: a round the manifest lacks (just completed, or killed after its last
+    stage, before this) is logged and recorded now; logged first, so a kill in between logs it twice, never
+    not at all."""
+    if str(n) in s.run.read_manifest()["rounds"]:
+        return
+    tracker.log_round(n, s.run.metrics(n), sample_rows(s.run, n, s.recipe.wandb.sample_prompts))
+    record_round(s, n)
+    say(f"round {n} complete: {s.run.round_dir(n)}: {round_summary(s.run.metrics(n))}")
+
+
+def _open_stage_run(s: RunContext) -> None:
+    s.run.clean_tmp()
+    open_manifest(s)
+    verify_rounds(s)
+
+
+def _record_if_complete(s: RunContext, n: int) -> None:
+    if s.run.is_complete(n, [st.name for st in stages_for(s.recipe)]):
+        record_round(s, n)
 
 
 def run_one_stage(recipe: Recipe, name: str, n: int | None) -> tuple[int, dict, Path | None]:
@@ -213,18 +250,17 @@ def run_one_stage(recipe: Recipe, name: str, n: int | None) -> tuple[int, dict, 
             f"(its stages: {', '.join(s.name for s in stages_for(recipe))})"
         )
     s = RunContext(recipe)
-    preflight(s)
-    with s.run.lock():
-        s.run.clean_tmp()
-        open_manifest(s)
-        verify_rounds(s)
-        if n is None:
-            n = next((r for r in range(1, recipe.run.rounds + 1) if not s.run.is_done(r, name)), recipe.run.rounds)
+    on_main(s.state, preflight, s)
+    with main_lock(s.state, s.run):
+        on_main(s.state, _open_stage_run, s, share_result=False)
+        if n is None:  # the main process decides, so that every process runs the same round
+            n = on_main(s.state, lambda: next((r for r in range(1, recipe.run.rounds + 1) if not s.run.is_done(r, name)),
+                                              recipe.run.rounds))
         if n < 1:
             raise RlaifError(f"--round must be at least 1, got {n}")
         check_inputs(s, n, stage)
-        moved = s.run.supersede(n, {st.name: st.writes for st in later_stages(recipe, name, include_self=True)})
+        moved = on_main(s.state, s.run.supersede, n,
+                        {st.name: st.writes for st in later_stages(recipe, name, include_self=True)})
         metrics = run_stage(s, n, stage)
-        if s.run.is_complete(n, [st.name for st in stages_for(recipe)]):
-            record_round(s, n)
+        on_main(s.state, _record_if_complete, s, n)
     return n, metrics, moved

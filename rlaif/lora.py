@@ -22,6 +22,7 @@ from peft.utils import set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from rlaif.config import build_lora_config
+from rlaif.distributed import on_main, rank_log, rank_logging, tensors_digest
 from rlaif.errors import RlaifError
 from rlaif.files import TMP_MARK, _fsync_dir, commit_dir, file_record, read_json, sha256_dir, write_json
 from rlaif.models import check_weights, load_adapter, load_adapter_state
@@ -59,17 +60,29 @@ def make_trainer(trainer_cls, ctx, start_adapter: Path | None, args, **kwargs):
 
 
 def save_adapter(trainer, out_dir: Path) -> None:
-    """The trained adapter only (not TRL's frozen "ref" copy), committed atomically."""
-    tmp = out_dir.with_name(f"{out_dir.name}{TMP_MARK}train")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp), selected_adapters=["default"])
-    # peft writes target_modules from a set, in an order that changes with each process's hash seed: sorted,
-    # the same training gives the same bytes (and adapter_sha256) in every process
-    config = read_json(tmp / "adapter_config.json")
-    if isinstance(config.get("target_modules"), list):
-        config["target_modules"] = sorted(config["target_modules"])
-        write_json(tmp / "adapter_config.json", config)
-    commit_dir(tmp, out_dir)
+    """The trained adapter only (not TRL's frozen "ref" copy), committed atomically by the main process.
+
+    With several processes every one takes part in collecting the weights (``get_state_dict`` gathers the
+    shards under FSDP and DeepSpeed ZeRO-3; under DDP each process holds all of them), the main process
+    writes, and the others wait until the adapter is in place.
+    """
+    acc = trainer.accelerator
+    model = acc.unwrap_model(trainer.model)
+    if rank_logging():
+        rank_log(acc.state, "adapter", digest=tensors_digest(trainable_state(model)))
+    state = acc.get_state_dict(trainer.model) if acc.num_processes > 1 else None
+    if acc.is_main_process:
+        tmp = out_dir.with_name(f"{out_dir.name}{TMP_MARK}train")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp), selected_adapters=["default"], state_dict=state)
+        # peft writes target_modules from a set, in an order that changes with each process's hash seed:
+        # sorted, the same training gives the same bytes (and adapter_sha256) in every process
+        config = read_json(tmp / "adapter_config.json")
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+            write_json(tmp / "adapter_config.json", config)
+        commit_dir(tmp, out_dir)
+    acc.wait_for_everyone()
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -99,14 +112,18 @@ def work_folder(ctx, n: int, reads: tuple[str, ...], start_adapter: Path | None,
     work = ctx.run.path(n, CHECKPOINTS)
     inputs = {"files": {name: file_record(ctx.run.path(n, name))["sha256"] for name in reads},
               "start_adapter": sha256_dir(start_adapter) if start_adapter else None, "seed": seed}
-    try:
-        same = (work / INPUTS).is_file() and read_json(work / INPUTS) == inputs
-    except RlaifError:  # damaged: the checkpoints cannot be trusted
-        same = False
-    if work.exists() and not same:
-        shutil.rmtree(work)
-    if not same:
-        write_json(work / INPUTS, inputs)
+
+    def prepare() -> None:  # the main process's (with several, the others wait for it)
+        try:
+            same = (work / INPUTS).is_file() and read_json(work / INPUTS) == inputs
+        except RlaifError:  # damaged: the checkpoints cannot be trusted
+            same = False
+        if work.exists() and not same:
+            shutil.rmtree(work)
+        if not same:
+            write_json(work / INPUTS, inputs)
+
+    on_main(ctx.state, prepare, share_result=False)
     complete = [p for p in work.glob("checkpoint-*") if (p / COMPLETE).is_file()]
     return work, max(complete, key=checkpoint_step, default=None)
 

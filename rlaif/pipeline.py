@@ -5,6 +5,10 @@ complete before another may read its files (and which files to verify), what ``s
 which files a redo moves to ``superseded/``, and the CLI's one-stage commands. Adding a stage is one
 entry here.
 
+With several processes (:mod:`rlaif.distributed`), a stage marked ``every_process`` runs on every
+process, each doing its share of the prompts (or its share of the training batch, under DDP), and writes
+on the main process only; the others (prompts, pairs: cheap) run on the main process while the rest wait.
+
 A stage reads files of its own round only; ``after_previous_round`` says that it also waits for the
 previous round to be complete (round n's prompts come after round n−1's adapter).
 """
@@ -32,20 +36,21 @@ class Stage:
     after_previous_round: bool = False
     optional: tuple[str, ...] = ()  # written only in some cases (train: the adapter when there were no pairs)
     work: tuple[str, ...] = ()  # folders kept across a kill and deleted once the stage is committed
+    every_process: bool = False  # with several processes, each runs it on its share (else the main one runs it)
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("prompts", (), ("prompts.jsonl",), prompts.run, after_previous_round=True),
-    Stage("generate", ("prompts.jsonl",), ("candidates.jsonl",), generate.run, methods=("dpo",)),
+    Stage("generate", ("prompts.jsonl",), ("candidates.jsonl",), generate.run, methods=("dpo",), every_process=True),
     Stage("judge", ("prompts.jsonl", "candidates.jsonl"), ("verdicts.jsonl", "rankings.jsonl"), judge.run,
-          methods=("dpo",)),
+          methods=("dpo",), every_process=True),
     Stage("pairs", ("prompts.jsonl", "candidates.jsonl", "verdicts.jsonl", "rankings.jsonl"),
           ("pairs.jsonl", "pairs_dropped.jsonl"), pairs.run, methods=("dpo",)),
     Stage("train", ("pairs.jsonl",), ("adapter", "train_log.jsonl"), train_dpo.run, methods=("dpo",),
-          optional=("adapter",), work=(CHECKPOINTS,)),
+          optional=("adapter",), work=(CHECKPOINTS,), every_process=True),
     Stage("train", ("prompts.jsonl",), ("adapter", "train_log.jsonl", "completions.jsonl"), train_rl.run,
-          methods=("grpo", "rloo"), work=(CHECKPOINTS,)),
-    Stage("evaluate", ("adapter",), ("eval.json",), evaluate_round, redo=False),
+          methods=("grpo", "rloo"), work=(CHECKPOINTS,), every_process=True),
+    Stage("evaluate", ("adapter",), ("eval.json",), evaluate_round, redo=False, every_process=True),
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(dict.fromkeys(s.name for s in STAGES))

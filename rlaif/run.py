@@ -3,8 +3,9 @@
 A stage is a function ``(ctx, round) -> metrics``. It takes everything it needs from the context:
 
 - the recipe and the run folder (:class:`rlaif.rundir.RunDir`);
-- the process state (accelerate's ``PartialState``: rank, world size, device) and the dtype the
-  recipe asks for (``model.dtype: auto`` is decided by :mod:`rlaif.hardware`);
+- the process state (accelerate's ``PartialState``: rank, world size, device; :mod:`rlaif.distributed`
+  says what each process does when there are several) and the dtype the recipe asks for
+  (``model.dtype: auto`` is decided by :mod:`rlaif.hardware`);
 - the tokenizer and the constitution (loaded once);
 - the models: ``load_policy(n)`` (what round n generates with), ``load_judge(n)`` (what round n judges
   with), ``load_base()``, and ``model_kwargs()`` for the trainers, which load the weights themselves.
@@ -17,9 +18,8 @@ import sys
 from functools import cached_property
 from pathlib import Path
 
-from accelerate import PartialState
-
 from rlaif.config import Recipe
+from rlaif.distributed import is_main_process, process_state
 from rlaif.hardware import BF16_CPU_FLAGS, DTYPES, cpu_flags, describe, resolve_dtype
 from rlaif.judging.constitution import Constitution, load_constitution
 from rlaif.models import load_model, load_tokenizer, model_kwargs, resolve_model
@@ -31,7 +31,7 @@ SELF_JUDGES = ("policy", "base")  # judge.model values that mean "these same wei
 
 def say(msg: str) -> None:
     """A progress line on stderr, from the main process only."""
-    if PartialState().is_main_process:
+    if is_main_process():
         print(f"[rlaif] {msg}", file=sys.stderr, flush=True)
 
 
@@ -41,7 +41,7 @@ class RunContext:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         self.run = RunDir(recipe.run.output_dir)
-        self.state = PartialState()
+        self.state = process_state()
         self.device = self.state.device
         self.dtype_name, self.dtype_reason = resolve_dtype(recipe.model.dtype, self.device)
         self.dtype = DTYPES[self.dtype_name]

@@ -40,6 +40,22 @@ def test_left_padding_does_not_change_a_prompts_samples(tiny):
     assert [r["text"] for r in alone] == [r["text"] for r in batched[:2]]  # near-greedy: same tokens with padding
 
 
+def test_a_candidate_does_not_depend_on_the_batch_it_was_sampled_in(tiny):
+    """Each candidate has its own random stream (prompt id, candidate index): sampled at full temperature,
+    prompts alone, together, or in the other order give the same candidates (what lets several processes
+    split the prompts without changing a run)."""
+    model, tok = tiny
+    cfg = GenerateConfig(num_candidates=3, max_new_tokens=8, batch_size=2, temperature=1.0, top_p=0.9)
+    together = generate_candidates(model, tok, PROMPTS, cfg, seed=3)
+    alone = [r for p in PROMPTS for r in generate_candidates(model, tok, [p], cfg, seed=3)]
+    swapped = generate_candidates(model, tok, PROMPTS[::-1], cfg, seed=3)
+    key = lambda r: (r["prompt_id"], r["candidate"])
+    assert [r["token_ids"] for r in together] == [r["token_ids"] for r in alone]
+    assert sorted(map(key, swapped)) == sorted(map(key, together))
+    assert {key(r): r["token_ids"] for r in swapped} == {key(r): r["token_ids"] for r in together}
+    assert len({tuple(r["token_ids"]) for r in together}) > 3  # sampled: the streams differ
+
+
 def test_sample_logprobs_are_padding_invariant(tiny):
     model, tok = tiny
     prompts = ["hi", "a much longer prompt that needs padding in a batch"]

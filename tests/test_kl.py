@@ -14,6 +14,7 @@ import torch
 from rlaif import chat
 from rlaif.config import GenerateConfig
 from rlaif.models import load_model, load_tokenizer
+from rlaif.sampling import RowNoise
 from rlaif.stages.generate import generate_candidates, sample_logprobs, sequence_logprobs
 
 PROMPT = "Explain rain to a child in one sentence please."
@@ -103,22 +104,25 @@ def test_kl_estimate_and_sequence_logprobs_against_enumeration(models, top_k):
     assert abs(estimate - exact) < 4 * se, (estimate, exact, se)
 
 
-def test_scored_logprobs_equal_the_processed_scores_generate_sampled_from(tiny_model):
-    """Top-k, top-p, temperature and repetition penalty, prompts of different lengths (left padding)."""
+def test_scored_logprobs_equal_the_processed_scores_generate_sampled_from(tiny_model, monkeypatch):
+    """Top-k, top-p, temperature and repetition penalty, prompts of different lengths (left padding).
+
+    The truth is the distribution each token was drawn from: the scores the processors hand to each row's
+    Gumbel noise (:class:`rlaif.sampling.RowNoise`), recorded at every decoding step."""
     model, tok = load_model(tiny_model), load_tokenizer(tiny_model)
     cfg = GenerateConfig(num_candidates=3, max_new_tokens=6, batch_size=2, temperature=0.8, top_k=50, top_p=0.9,
                          repetition_penalty=1.3)
     prompts = [{"id": "a", "prompt": "Say hello."}, {"id": "b", "prompt": "Explain rain to a child in one sentence please."}]
-    captured, real = {}, model.generate
+    seen, noise = [], RowNoise.__call__
 
-    def generate(**kwargs):
-        out = real(**kwargs, output_scores=True, return_dict_in_generate=True)
-        captured["scores"] = out.scores
-        return out.sequences
+    def recorded(self, input_ids, scores):
+        seen.append(scores.float().clone())
+        return noise(self, input_ids, scores)
 
-    model.generate = generate
+    monkeypatch.setattr(RowNoise, "__call__", recorded)
     rows = generate_candidates(model, tok, prompts, cfg, seed=3)
-    truth = [sum(torch.log_softmax(captured["scores"][t][s], -1)[x].item() for t, x in enumerate(r["token_ids"]))
+    assert len(seen) == max(len(r["token_ids"]) for r in rows)
+    truth = [sum(torch.log_softmax(seen[t][s], -1)[x].item() for t, x in enumerate(r["token_ids"]))
              for s, r in enumerate(rows)]
     prompt_ids = [chat.prompt_ids(tok, p["prompt"]) for p in prompts for _ in range(cfg.num_candidates)]
     got = sequence_logprobs(model, prompt_ids, [r["token_ids"] for r in rows], cfg, batch_size=4,

@@ -125,6 +125,29 @@ def test_zero_signal_groups_are_counted_and_truncation_is_penalised(planted):
     assert [x["truncated"] for x in reward.records] == [False, False, False, True]
 
 
+def test_one_judge_call_per_reward_step(planted):
+    """All groups of a reward step go to the judge together, and each gets what a call of its own would give."""
+    tok, const, judge = planted
+    calls = []
+
+    def counting(comparisons):
+        calls.append(len(comparisons))
+        return judge(comparisons)
+
+    counting.last_label_mass = None
+    reward = JudgeReward(counting, const, 2, "sample", seed=0, eos_token_ids={tok.eos_token_id}, truncation_penalty=0.5)
+    completions = [conv(BAD), conv(GOOD), conv(GOOD), conv("qq"), conv("zz"), conv(GOOD)]
+    together = reward(prompts=[ask("a")] * 2 + [ask("b")] * 2 + [ask("c")] * 2, completions=completions,
+                      prompt_id=["a", "a", "b", "b", "c", "c"])
+    assert calls == [3 * 2]  # one call: 3 groups x 1 pair x 2 orders
+    alone = []
+    for g, pid in enumerate("abc"):
+        single = JudgeReward(judge, const, 2, "sample", seed=0, eos_token_ids={tok.eos_token_id}, truncation_penalty=0.5)
+        alone += single(prompts=[ask(pid)] * 2, completions=completions[2 * g : 2 * g + 2], prompt_id=[pid] * 2)
+    assert together[1] > together[0] and together[2] > together[3] and together[5] > together[4]
+    assert together == pytest.approx(alone)
+
+
 RL = {"num_generations": 3, "per_device_train_batch_size": 6, "max_completion_length": 8, "learning_rate": 5e-3}
 
 

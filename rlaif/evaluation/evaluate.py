@@ -17,6 +17,9 @@ Deviations from the usual win-rate evaluations (AlpacaEval, MT-Bench): the judge
 frozen base, not a strong external model, so win-rates near 0.5 mean "the judge cannot tell", not
 "no change"; and a tie (p exactly 0.5, or a failed verdict) counts as half a win.
 
+With several processes, each answers, scores and judges a contiguous share of the prompts, the results
+are gathered back in prompt order, and the main process writes the files.
+
 Everything is cached under ``RUN/eval/``: responses per model (keyed by the adapter's sha256 and the
 evaluation settings) and head-to-heads per pair of models, so ``rlaif eval`` after a run whose rounds
 were already evaluated only re-reads files, and a redone round is evaluated afresh.
@@ -36,6 +39,7 @@ from importlib import resources
 from pathlib import Path
 
 from rlaif.config import Recipe
+from rlaif.distributed import gather, main_lock, on_main, split
 from rlaif.errors import RlaifError
 from rlaif.evaluation import checks as checkers
 from rlaif.evaluation.metrics import collapse_signals, instruction_metrics, judge_set_accuracy, win_rate
@@ -45,7 +49,7 @@ from rlaif.reporting.fmt import MISSING, fmt
 from rlaif.run import RunContext, say
 from rlaif.rundir import read_json, read_jsonl, sha256_dir, write_json, write_jsonl
 from rlaif.seeds import derive_seed
-from rlaif.stages.generate import generate_candidates, sample_logprobs
+from rlaif.stages.generate import generate_candidates, sample_logprobs_split
 from rlaif.stages.prompts import load_pool, prompt_token_count
 
 # ---------------------------------------------------------------- the evaluator
@@ -156,8 +160,7 @@ class Evaluator:
         if path.is_file() and meta_path.is_file() and read_json(meta_path) == meta:
             return read_jsonl(path)
         rows = self._generate(m)
-        write_jsonl(path, rows)
-        write_json(meta_path, meta)
+        on_main(self.ctx.state, _write_cached, path, rows, meta_path, meta)  # the others wait for the files
         return rows
 
     def _generate(self, m: Model) -> list[dict]:
@@ -169,15 +172,17 @@ class Evaluator:
         for name, prompts, k in (("heldout", self.heldout, self.cfg.samples), ("instructions", self.instructions, 1)):
             if not prompts:
                 continue
-            for r in sample_responses(model, self.ctx.tokenizer, prompts, self._gen_cfg(k), seed, m.name, name):
+            mine = split(self.ctx.state, prompts)  # with several processes, a share of the prompts each
+            for r in gather(self.ctx.state, sample_responses(model, self.ctx.tokenizer, mine, self._gen_cfg(k), seed,
+                                                             m.name, name)):
                 r["set"] = name
                 rows.append(r)
         text_of = {p["id"]: p["prompt"] for p in self.heldout + self.instructions}
         heldout = [r for r in rows if r["set"] == "heldout"]  # the KL estimate's samples
-        args = (self.ctx.tokenizer, [text_of[r["prompt_id"]] for r in heldout], [r["token_ids"] for r in heldout],
+        args = (self.ctx, [text_of[r["prompt_id"]] for r in heldout], [r["token_ids"] for r in heldout],
                 self._gen_cfg(self.cfg.samples))
-        own = sample_logprobs(model, *args)
-        base = sample_logprobs(self.base, *args) if m.adapter else own
+        own = sample_logprobs_split(model, *args)
+        base = sample_logprobs_split(self.base, *args) if m.adapter else own
         for r, lp, lb in zip(heldout, own, base):
             r["logp_model"], r["logp_base"] = lp, lb
         constraints = {p["id"]: p["constraints"] for p in self.instructions}
@@ -221,10 +226,12 @@ class Evaluator:
         prompts = [{"id": p["id"], "prompt": p["prompt"]} for p in pairs]
         candidates = [{"prompt_id": p["id"], "candidate": i, "text": p[side]}
                       for p in pairs for i, side in enumerate(("better", "worse"))]
-        verdicts = judge_candidates(self.judge, self.ctx.constitution, prompts, candidates, "all", self.recipe.run.seed)
+        mine = split(self.ctx.state, prompts)  # whole pairs: a share each with several processes
+        verdicts = gather(self.ctx.state, judge_candidates(self.judge, self.ctx.constitution, mine, candidates, "all",
+                                                           self.recipe.run.seed))
         out = {"accuracy": judge_set_accuracy([v["p_i"] for v in verdicts]), "pairs": len(pairs),
                "set": "rlaif/data/judge_set.jsonl"}
-        write_json(path, {"key": key, "accuracy": out})
+        on_main(self.ctx.state, write_json, path, {"key": key, "accuracy": out})
         return out
 
     def compare(self, a: Model, b: Model) -> list[dict]:
@@ -242,13 +249,13 @@ class Evaluator:
             for idx, side in enumerate((ra, rb)):
                 r = side[p["id"]]
                 candidates.append({"prompt_id": p["id"], "candidate": idx, "text": r["text"]})
-        verdicts = judge_candidates(self.judge, self.ctx.constitution, self.heldout, candidates, "all",
-                                    self.recipe.run.seed)
+        mine = split(self.ctx.state, self.heldout)  # whole prompts: a head-to-head stays on one process
+        verdicts = gather(self.ctx.state, judge_candidates(self.judge, self.ctx.constitution, mine, candidates, "all",
+                                                           self.recipe.run.seed))
         rows = [{"prompt_id": v["prompt_id"], "p_a_ij": v["p_a_ij"], "p_a_ji": v["p_a_ji"], "p": v["p_i"],
                  "agree": v["agree"], **({"score_a": v["score_i"], "score_b": v["score_j"]} if "score_i" in v else {})}
                 for v in verdicts]
-        write_jsonl(path, rows)
-        write_json(meta_path, {"key": key})
+        on_main(self.ctx.state, _write_cached, path, rows, meta_path, {"key": key})
         return rows
 
     def _response_key(self, m: Model) -> dict:
@@ -292,13 +299,19 @@ class Evaluator:
             "max_new_tokens": self.max_new_tokens,
             "models": [self.summarize(m) for m in models],
         }
-        write_json(self.root / "results.json", out)
+        on_main(self.ctx.state, write_json, self.root / "results.json", out)
         return out
 
 
 def load_judge_set() -> list[dict]:
     text = resources.files("rlaif.data").joinpath("judge_set.jsonl").read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _write_cached(path: Path, rows: list[dict], meta_path: Path, meta: dict) -> None:
+    """A cached piece: the rows, then the meta file that makes them valid (written last)."""
+    write_jsonl(path, rows)
+    write_json(meta_path, meta)
 
 
 def _nanmean(xs: list[float]) -> float:
@@ -333,7 +346,7 @@ def evaluate_run(recipe: Recipe, rounds: list[int] | None = None, adapter: Path 
             missing = sorted(set(rounds) - {m.round for m in models})
             if missing:
                 raise RlaifError(f"{run.root}: no adapter for round(s) {missing}")
-    with run.lock():
+    with main_lock(ctx.state, run):
         return ev.results(models)
 
 
@@ -352,7 +365,7 @@ def evaluate_round(ctx: RunContext, n: int) -> dict:
     else:
         out = {"model": ev.summarize(Model(f"round_{n:03d}", n, adapter)), "base": base}
     out["judge"] = {"model": ev.cfg.judge_model, "mode": ev.cfg.judge_mode, **ev.judge_accuracy()}
-    write_json(ctx.run.path(n, "eval.json"), out)
+    on_main(ctx.state, write_json, ctx.run.path(n, "eval.json"), out)
     return out
 
 

@@ -1,8 +1,10 @@
 """Stage 2, generate: the current policy samples K candidates per prompt.
 
 Prompts go through the model's chat template (:mod:`rlaif.chat`: a prompt that writes a control token
-gets its characters, never the token), batched with left padding and attention masks. Each batch is
-seeded from (run seed, round, batch index), so a redone stage reproduces the same samples. Each
+gets its characters, never the token), batched with left padding and attention masks. Each candidate is sampled from its own random stream,
+seeded from (run seed, round, prompt id, candidate index) (:mod:`rlaif.sampling`), so a redone stage
+reproduces the same samples, and neither the batch size nor the number of processes the prompts are
+split across changes them (with several processes each generates a contiguous share of the prompts). Each
 candidate keeps the token ids it was sampled as (``token_ids``, ending with the stop token only when
 the sample really stopped), and the summed log-probability of those ids under the policy and under
 the adapter-off base (:func:`sample_logprobs`): their difference, averaged, is a Monte-Carlo estimate
@@ -41,8 +43,10 @@ from transformers import (
 from rlaif import chat
 from rlaif.chat import left_pad
 from rlaif.config import GenerateConfig
+from rlaif.distributed import gather, rank_log, share, split
 from rlaif.run import RunContext, say
 from rlaif.rundir import read_jsonl, sha256_dir, write_jsonl
+from rlaif.sampling import RowNoise
 from rlaif.seeds import derive_seed
 
 
@@ -81,15 +85,15 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
     for b in range(0, len(prompts), cfg.batch_size):
         batch = prompts[b : b + cfg.batch_size]
         ids, mask, pads = left_pad([chat.prompt_ids(tokenizer, p["prompt"]) for p in batch], tokenizer.pad_token_id, model.device)
-        torch.manual_seed(derive_seed(seed, "generate", b))
+        k = cfg.num_candidates
+        seeds = [derive_seed(seed, "generate", p["id"], c) for p in batch for c in range(k)]
         out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=True,
+            input_ids=ids.repeat_interleave(k, dim=0),
+            attention_mask=mask.repeat_interleave(k, dim=0),
+            do_sample=False,  # RowNoise draws: greedy decoding takes the argmax of the noisy scores
             temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0,  # all in the processors below
-            logits_processor=sampling_processors(cfg, pads.repeat_interleave(cfg.num_candidates)),
+            logits_processor=LogitsProcessorList([*sampling_processors(cfg, pads.repeat_interleave(k)), RowNoise(seeds)]),
             max_new_tokens=cfg.max_new_tokens,
-            num_return_sequences=cfg.num_candidates,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=sorted(stop),
         )
@@ -148,19 +152,31 @@ def sequence_logprobs(model, prompts: list[list[int]], sequences: list[list[int]
     return out
 
 
+def sample_logprobs_split(model, ctx: RunContext, prompt_texts: list[str], token_ids: list[list[int]],
+                          cfg: GenerateConfig, batch_size: int = 8) -> list[float]:
+    """:func:`sample_logprobs` of each process's share, gathered in order. Shares are whole batches, so
+    every number is computed in the same batch (the same padding) as one process would compute it."""
+    r = share(ctx.state, len(token_ids), batch_size)
+    part = sample_logprobs(model, ctx.tokenizer, prompt_texts[r.start : r.stop], token_ids[r.start : r.stop], cfg, batch_size)
+    return gather(ctx.state, part)
+
+
 def run(ctx: RunContext, n: int) -> dict:
     """The generate stage: round n's policy writes K candidates per prompt, scored under policy and base."""
     prompts = read_jsonl(ctx.run.path(n, "prompts.jsonl"))
     model, adapter = ctx.load_policy(n)
     say(f"round {n}: policy = base" + (f" + {ctx.rel(adapter)}" if adapter else ""))
-    rows = generate_candidates(model, ctx.tokenizer, prompts, ctx.recipe.generate, ctx.seed(n, "generate"))
+    mine = split(ctx.state, prompts)  # this process's prompts (all of them when it is the only one)
+    rank_log(ctx.state, "generate", round=n, prompts=[p["id"] for p in mine])
+    rows = gather(ctx.state, generate_candidates(model, ctx.tokenizer, mine, ctx.recipe.generate, ctx.seed(n, "generate")))
     text_of = {p["id"]: p["prompt"] for p in prompts}
-    args = (ctx.tokenizer, [text_of[r["prompt_id"]] for r in rows], [r["token_ids"] for r in rows], ctx.recipe.generate)
-    policy = sample_logprobs(model, *args)
-    base = sample_logprobs(ctx.load_base(), *args) if adapter else policy
+    args = (ctx, [text_of[r["prompt_id"]] for r in rows], [r["token_ids"] for r in rows], ctx.recipe.generate)
+    policy = sample_logprobs_split(model, *args)
+    base = sample_logprobs_split(ctx.load_base(), *args) if adapter else policy
     for row, lp, lb in zip(rows, policy, base):
         row["logp_policy"], row["logp_base"] = lp, lb
-    write_jsonl(ctx.run.path(n, "candidates.jsonl"), rows)
+    if ctx.is_main:
+        write_jsonl(ctx.run.path(n, "candidates.jsonl"), rows)
     lengths = [r["num_tokens"] for r in rows]
     return {
         "candidates": len(rows),
@@ -172,6 +188,8 @@ def run(ctx: RunContext, n: int) -> dict:
         "policy_adapter": ctx.rel(adapter),
         "policy_adapter_sha256": sha256_dir(adapter) if adapter else None,
     }
+
+
 def sample_logprobs(model, tokenizer, prompt_texts: list[str], token_ids: list[list[int]], cfg: GenerateConfig,
                     batch_size: int = 8) -> list[float]:
     """The KL estimate's log-probabilities of sampled ``token_ids`` after their (templated) prompts."""

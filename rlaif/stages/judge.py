@@ -2,9 +2,11 @@
 
 The judging machinery (modes, the prefix cache, ranking, reliability) lives in :mod:`rlaif.judging`;
 this stage only reads the round's files, asks the run context for the judge model, and writes the
-verdicts and rankings.
+verdicts and rankings. With several processes each judges a contiguous share of the prompts (a prompt's
+comparisons stay together) and the verdicts are gathered back in prompt order.
 """
 
+from rlaif.distributed import gather, rank_log, split
 from rlaif.judging.judges import build_judge
 from rlaif.judging.rank import rank_all
 from rlaif.judging.reliability import reference_agreement, reliability_metrics
@@ -21,12 +23,15 @@ def run(ctx: RunContext, n: int) -> dict:
     model, tokenizer, adapter = ctx.load_judge(n)
     judge = build_judge(cfg, model, tokenizer, ctx.constitution)
     seed = ctx.seed(n, "judge")
-    raw = judge_candidates(judge, ctx.constitution, prompts, candidates, cfg.principles, seed)
+    mine = split(ctx.state, prompts)  # whole prompts: a prompt's candidates are judged against each other
+    rank_log(ctx.state, "judge", round=n, prompts=[p["id"] for p in mine])
+    raw = gather(ctx.state, judge_candidates(judge, ctx.constitution, mine, candidates, cfg.principles, seed))
     # on prompts that carry constraints the verifier decides where candidates meet different shares of them
     verdicts = apply_verifier(raw, prompts, candidates, cfg.verifier_weight, cfg.verifier_strength)
     rankings = rank_all(candidates, verdicts)
-    write_jsonl(ctx.run.path(n, "verdicts.jsonl"), verdicts)
-    write_jsonl(ctx.run.path(n, "rankings.jsonl"), rankings)
+    if ctx.is_main:
+        write_jsonl(ctx.run.path(n, "verdicts.jsonl"), verdicts)
+        write_jsonl(ctx.run.path(n, "rankings.jsonl"), rankings)
     lengths = {(c["prompt_id"], c["candidate"]): c["num_tokens"] for c in candidates}
     # the judge's own reliability is measured on its own verdicts (the verifier's certain ones would inflate it)
     metrics = {**verdict_metrics(raw), **reliability_metrics(raw, lengths), **verifier_metrics(verdicts),
@@ -36,7 +41,7 @@ def run(ctx: RunContext, n: int) -> dict:
             metrics["reference_agreement"] = 1.0  # the judge is the frozen base itself
         else:
             base = build_judge(cfg, ctx.load_base(), ctx.tokenizer, ctx.constitution)
-            reference = judge_candidates(base, ctx.constitution, prompts, candidates, cfg.principles, seed)
+            reference = gather(ctx.state, judge_candidates(base, ctx.constitution, mine, candidates, cfg.principles, seed))
             metrics["reference_agreement"] = reference_agreement(raw, reference)
     return {
         **metrics,

@@ -32,12 +32,14 @@ rlaif wraps the trainer; it does not reimplement DPO (Rafailov et al. 2023). Wha
 """
 
 import shutil
+from pathlib import Path
 
-from datasets import Dataset
+from datasets import Dataset, load_from_disk
 from trl import DPOTrainer
 
 from rlaif import chat
 from rlaif.config import build_trl_config
+from rlaif.distributed import on_main
 from rlaif.lora import (
     adapter_distance,
     checkpoint_step,
@@ -100,6 +102,8 @@ def run(ctx: RunContext, n: int) -> dict:
     out = ctx.run.adapter(n)
     if not pairs:
         say(f"round {n}: no preference pairs survived the filters; the policy is carried over unchanged")
+        if not ctx.is_main:
+            return {"pairs": 0, "skipped": "no pairs", "start_adapter": ctx.rel(start)}
         if start is not None:
             tmp = out.with_name(out.name + TMP_MARK + "copy")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -116,11 +120,29 @@ def run(ctx: RunContext, n: int) -> dict:
             "resumed_from_step": checkpoint_step(resume) if resume else None}
 
 
+def shared_dataset(ctx: RunContext, dataset: Dataset, folder: Path) -> Dataset:
+    """With several processes, the dataset saved by the main process and read back from disk by every one.
+
+    TRL 1.16 caches the precomputed reference log-probs in a file beside the dataset's own cache files, which
+    the main process writes and every process reads; an in-memory dataset has none, so each process would
+    look in its own temporary folder and all but the main one fail. One process keeps it in memory.
+    """
+    if ctx.state.num_processes == 1:
+        return dataset
+
+    def save() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        dataset.save_to_disk(str(folder))
+
+    on_main(ctx.state, save, share_result=False)
+    return load_from_disk(str(folder))
+
+
 def train_dpo(ctx: RunContext, n: int, pairs: list[dict], start_adapter, out_dir, work_dir, resume=None):
     """Train one round's adapter and save it to ``out_dir`` (atomically), from the checkpoint ``resume`` when
     given (:func:`rlaif.lora.train`). Returns (metrics, log_history)."""
     recipe, tokenizer = ctx.recipe, ctx.tokenizer
-    dataset = to_dataset(pairs, tokenizer)
+    dataset = shared_dataset(ctx, to_dataset(pairs, tokenizer), work_dir / "pairs_dataset")
     tokenizer.padding_side = "left"
     args = build_trl_config(recipe, "dpo", work_dir)
     args.seed = ctx.seed(n, "train")  # each round's trainer draws its own stream

@@ -49,6 +49,8 @@ from datasets import Dataset
 
 from rlaif import chat
 from rlaif.config import Recipe, build_trl_config
+from rlaif.distributed import gather, process_state, rank_log, sharded_weights, split
+from rlaif.errors import RlaifError
 from rlaif.judging.constitution import Constitution
 from rlaif.judging.judges import build_judge
 from rlaif.judging.rank import mean_wins, win_matrix
@@ -89,14 +91,24 @@ class JudgeReward:
     TRL passes completions flattened, ``num_generations`` consecutive ones per prompt, plus every
     extra dataset column (we pass ``prompt_id``) repeated to match. Groups are checked to share one
     prompt id, so a reward never lands on another prompt's completion. ``eos_token_ids``: every id
-    that ends a completion (:func:`rlaif.stages.generate.eos_ids`).
+    that ends a completion (:func:`rlaif.stages.generate.eos_ids`). All the groups of a reward step go
+    to the judge in one call (one batched pass over every comparison, instead of a call per group).
+
+    With several processes TRL's ``RepeatSampler`` spreads a prompt's group *across* processes (each
+    process holds a contiguous slice of the step's completions, and a slice need not end on a group
+    boundary), so each call first gathers the whole step, judges a contiguous share of its groups on
+    this process, and gathers the mean wins back: every process returns the rewards of its own slice,
+    every group is judged once, by one process, whole, and every process keeps the same records (so
+    the main process's checkpoint holds all of them). Group ids, and so the principle sampled for each
+    comparison, are the same for any number of processes.
     """
 
     __name__ = "constitution_judge"
 
     def __init__(self, judge: PairJudge, constitution: Constitution, num_generations: int, principles: str,
                  seed: int, eos_token_ids, truncation_penalty: float, verifier_weight: float = 1.0,
-                 verifier_strength: float = 1.0):
+                 verifier_strength: float = 1.0, state=None):
+        self.state = state or process_state()
         self.judge, self.constitution, self.k = judge, constitution, num_generations
         self.verifier = (verifier_weight, verifier_strength)
         self.principles, self.seed, self.eos, self.penalty = principles, seed, set(eos_token_ids), truncation_penalty
@@ -117,36 +129,56 @@ class JudgeReward:
         self.groups, self.zero_signal_groups, self.calls = counts["groups"], counts["zero_signal_groups"], counts["calls"]
 
     def __call__(self, prompts, completions, prompt_id, completion_ids=None, constraints=None, **kwargs) -> list[float]:
-        if len(completions) % self.k:
-            raise ValueError(f"{len(completions)} completions do not split into groups of {self.k}")
         self.calls += 1
         step = getattr(kwargs.get("trainer_state"), "global_step", None)
-        rewards: list[float] = []
-        for g in range(0, len(completions), self.k):
-            ids = set(prompt_id[g : g + self.k])
+        local = [(_prompt_text(p), _text(c), pid,
+                  completion_ids is not None and not self.eos.intersection(list(completion_ids[i])),
+                  constraints[i] if constraints else "")
+                 for i, (p, c, pid) in enumerate(zip(prompts, completions, prompt_id))]
+        sizes = gather(self.state, [len(local)])
+        items = gather(self.state, local)  # the whole step, in TRL's order (process slices concatenated)
+        if len(items) % self.k:
+            raise ValueError(f"{len(items)} completions do not split into groups of {self.k}")
+        groups = list(range(len(items) // self.k))
+        for g in groups:
+            ids = {m[2] for m in items[g * self.k : (g + 1) * self.k]}
             if len(ids) != 1:
                 raise ValueError(f"a group of {self.k} completions mixes prompts {sorted(ids)}")
-            pid = prompt_id[g]
-            texts = [_text(c) for c in completions[g : g + self.k]]
-            truncated = [
-                completion_ids is not None and not self.eos.intersection(list(completion_ids[g + i])) for i in range(self.k)
-            ]
-            group_id = f"{pid}@{self.calls}:{g // self.k}"
-            cands = [{"prompt_id": group_id, "candidate": i, "text": t} for i, t in enumerate(texts)]
-            prompt = [{"id": group_id, "prompt": _prompt_text(prompts[g]),
-                       "constraints": json.loads(constraints[g]) if constraints and constraints[g] else []}]
-            verdicts = judge_candidates(self.judge, self.constitution, prompt, cands, self.principles, self.seed)
-            verdicts = apply_verifier(verdicts, prompt, cands, *self.verifier)  # the same verdict as the DPO path
-            wins = mean_wins(win_matrix(self.k, verdicts))
-            group = [w - (self.penalty if t else 0.0) for w, t in zip(wins, truncated)]
+        mine = split(self.state, groups)
+        rank_log(self.state, "reward", call=self.calls, completions=len(local), groups=mine)
+        wins = gather(self.state, self._mean_wins(items, mine))  # every group's, in item order
+        rewards: list[float] = []
+        for g in groups:
+            members, w = items[g * self.k : (g + 1) * self.k], wins[g * self.k : (g + 1) * self.k]
+            group = [x - (self.penalty if m[3] else 0.0) for x, m in zip(w, members)]
             self.groups += 1
             if max(group) - min(group) < 1e-6:
                 self.zero_signal_groups += 1
-            for i, (text, r, w, t) in enumerate(zip(texts, group, wins, truncated)):
-                self.records.append({"step": step, "call": self.calls, "prompt_id": pid, "completion": i, "text": text,
-                                     "reward": r, "mean_win": w, "truncated": t})
+            for i, (m, r, x) in enumerate(zip(members, group, w)):
+                self.records.append({"step": step, "call": self.calls, "group": g, "prompt_id": m[2], "completion": i,
+                                     "text": m[1], "reward": r, "mean_win": x, "truncated": m[3]})
             rewards += group
-        return rewards
+        first = sum(sizes[: self.state.process_index])
+        return rewards[first : first + len(local)]
+
+    def _mean_wins(self, items: list[tuple], groups: list[int]) -> list[float]:
+        """Each completion's mean win within its group, for ``groups`` (indices into ``items``, K apiece),
+        from one judge call over all their comparisons; the verifier decides as on the DPO path."""
+        prompts, cands = [], []
+        for g in groups:
+            members = items[g * self.k : (g + 1) * self.k]
+            group_id = f"{members[0][2]}@{self.calls}:{g}"
+            prompts.append({"id": group_id, "prompt": members[0][0],
+                            "constraints": json.loads(members[0][4]) if members[0][4] else []})
+            cands += [{"prompt_id": group_id, "candidate": i, "text": m[1]} for i, m in enumerate(members)]
+        if not cands:
+            return []
+        verdicts = judge_candidates(self.judge, self.constitution, prompts, cands, self.principles, self.seed)
+        verdicts = apply_verifier(verdicts, prompts, cands, *self.verifier)
+        by_group: dict[str, list[dict]] = {p["id"]: [] for p in prompts}
+        for v in verdicts:
+            by_group[v["prompt_id"]].append(v)
+        return [w for p in prompts for w in mean_wins(win_matrix(self.k, by_group[p["id"]]))]
 
 
 def to_prompt_dataset(prompts: list[dict]):
@@ -179,8 +211,9 @@ def run(ctx: RunContext, n: int) -> dict:
     if resume is not None:
         say(f"round {n}: training resumes from {ctx.rel(resume)}")
     metrics, history, records = train_rl(ctx, n, prompts, judge, start, ctx.run.adapter(n), work, resume)
-    write_jsonl(ctx.run.path(n, "completions.jsonl"), records)
-    write_jsonl(ctx.run.path(n, "train_log.jsonl"), history)
+    if ctx.is_main:
+        write_jsonl(ctx.run.path(n, "completions.jsonl"), records)
+        write_jsonl(ctx.run.path(n, "train_log.jsonl"), history)
     return {**metrics, "start_adapter": ctx.rel(start), "judge_adapter": judge_adapter,
             "adapter_sha256": sha256_dir(ctx.run.adapter(n))}
 
@@ -212,13 +245,16 @@ def build_rl_trainer(ctx: RunContext, n: int, prompts: list[dict], judge, start_
     args = rl_args(recipe, tokenizer, work_dir, ctx.seed(n, "train"))
     reward = JudgeReward(judge, constitution, args.num_generations, recipe.judge.principles, ctx.seed(n, "judge"),
                          {tokenizer.eos_token_id}, recipe.train.truncation_penalty, recipe.judge.verifier_weight,
-                         recipe.judge.verifier_strength)
+                         recipe.judge.verifier_strength, ctx.state)
     tokenizer.padding_side = "left"
     trainer = make_trainer(trainer_cls, ctx, start_adapter, args, reward_funcs=[reward],
                            train_dataset=to_prompt_dataset(prompts), processing_class=tokenizer,
                            callbacks=ctx.trainer_callbacks(n))
     reward.eos = eos_ids(trainer.model, tokenizer)  # the ids TRL stops generation on
     if judge is None:
+        if sharded_weights(trainer.accelerator):
+            raise RlaifError("train.rl_judge: live judges with the weights being trained, which FSDP / DeepSpeed ZeRO-3 "
+                             "shard across processes; use rl_judge: round_start, or DDP / ZeRO-2")
         model = trainer.accelerator.unwrap_model(trainer.model)
         reward.judge = _LiveJudge(build_judge(recipe.judge, model, tokenizer, constitution), model)
     return trainer, reward
