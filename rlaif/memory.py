@@ -34,8 +34,10 @@ Checked against measurements: ``tests/test_memory.py`` runs one DPO training ste
 compares the growth of its peak resident size with the step's part of the estimate (adapter, activations,
 logits; within 1.3×). The quickstart's train stage on the bundled model (13 pairs, longest row 122
 tokens) peaked at 4.32 GiB resident (``/usr/bin/time -v``); the estimate at that length is 4.34 GiB
-(9.63 GiB at the recipe's ``max_length`` of 320). Generation's KV cache, GRPO/RLOO and anything on a GPU
-are not measured: there the estimate is the formulas above, unchecked.
+(9.63 GiB at the recipe's ``max_length`` of 320). On one H100 (``benchmarks/gpu_bench.py``, SmolLM2-1.7B's
+architecture, bf16, the GPU recipe's sizes) the estimate overstated the allocated peak: generate 45.8 GiB
+against 26.0 (prompts shorter than ``max_prompt_tokens``), train 12.9 GiB against 6.0 (with gradient
+checkpointing). GRPO/RLOO are not measured.
 """
 
 import contextlib

@@ -91,7 +91,7 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
             input_ids=ids.repeat_interleave(k, dim=0),
             attention_mask=mask.repeat_interleave(k, dim=0),
             do_sample=False,  # RowNoise draws: greedy decoding takes the argmax of the noisy scores
-            temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0,  # all in the processors below
+            repetition_penalty=1.0,  # in the processors below (greedy decoding applies no warpers of its own)
             logits_processor=LogitsProcessorList([*sampling_processors(cfg, pads.repeat_interleave(k)), RowNoise(seeds)]),
             max_new_tokens=cfg.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
