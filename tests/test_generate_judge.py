@@ -3,12 +3,14 @@ import math
 import pytest
 import torch
 
+from rlaif import chat
 from rlaif.config import GenerateConfig
 from rlaif.errors import RlaifError
 from rlaif.judging.constitution import constitution_from_dict, load_constitution
 from rlaif.judging.judges import ModelJudge, label_token_ids
 from rlaif.judging.verdicts import Comparison
 from rlaif.models import load_model, load_tokenizer
+from rlaif.stages import generate
 from rlaif.stages.generate import generate_candidates, sample_logprobs
 
 PROMPTS = [{"id": "a", "prompt": "Say hello."}, {"id": "b", "prompt": "Explain rain to a child in one sentence please."}]
@@ -54,6 +56,28 @@ def test_a_candidate_does_not_depend_on_the_batch_it_was_sampled_in(tiny):
     assert sorted(map(key, swapped)) == sorted(map(key, together))
     assert {key(r): r["token_ids"] for r in swapped} == {key(r): r["token_ids"] for r in together}
     assert len({tuple(r["token_ids"]) for r in together}) > 3  # sampled: the streams differ
+
+
+def test_each_prompt_is_prefilled_once_for_its_k_samples(tiny, monkeypatch):
+    """The prompts run through the model once, not K times, and the samples are those of the plain path
+    (the prompts repeated K times, each prefilled K times): each candidate draws from its own stream."""
+    model, tok = tiny
+    fed = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: fed.append(kw["input_ids"].numel()), with_kwargs=True)
+    cfg = GenerateConfig(num_candidates=3, max_new_tokens=5, batch_size=2, temperature=1.0)
+    try:
+        rows = generate_candidates(model, tok, PROMPTS, cfg, seed=5)
+        shared = list(fed)
+        fed.clear()
+        monkeypatch.setattr(generate, "shared_prefill", lambda *args: None)
+        plain = generate_candidates(model, tok, PROMPTS, cfg, seed=5)
+    finally:
+        hook.remove()
+    width = max(len(chat.prompt_ids(tok, p["prompt"])) for p in PROMPTS)
+    assert shared[0] == 2 * (width - 1), "the first pass is the prefill: 2 prompts, once each, all but the last token"
+    assert fed[0] == 3 * 2 * width, "the plain path prefills every prompt K times"
+    assert sum(shared) == sum(fed) - (3 - 1) * 2 * (width - 1), "decoding is the same; K-1 prefills are saved"
+    assert [r["token_ids"] for r in rows] == [r["token_ids"] for r in plain]
 
 
 def test_sample_logprobs_are_padding_invariant(tiny):

@@ -76,6 +76,23 @@ def sampling_processors(cfg: GenerateConfig, pads: torch.Tensor | None = None, t
     return out
 
 
+def shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor, k: int):
+    """The key/value cache of every prompt but its last token, computed once and repeated for its K samples.
+
+    Handing ``generate`` the prompts repeated K times would run each prompt's prefill K times, and on a CPU
+    the prefill is compute-bound. ``generate`` continues from this cache with the prompts' last tokens; the
+    samples are the same (each candidate draws from its own stream), up to float rounding. None (a plain
+    prefill) for one sample a prompt or one-token prompts.
+    """
+    if k == 1 or ids.shape[1] < 2:
+        return None
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                  use_cache=True, logits_to_keep=1).past_key_values
+    cache.batch_repeat_interleave(k)
+    return cache
+
+
 @torch.no_grad()
 def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConfig, seed: int) -> list[dict]:
     """Rows ``{prompt_id, candidate, text, num_tokens, truncated, token_ids}``, K per prompt, in prompt order."""
@@ -90,6 +107,7 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
         out = model.generate(
             input_ids=ids.repeat_interleave(k, dim=0),
             attention_mask=mask.repeat_interleave(k, dim=0),
+            past_key_values=shared_prefill(model, ids, mask, k),
             do_sample=False,  # RowNoise draws: greedy decoding takes the argmax of the noisy scores
             repetition_penalty=1.0,  # in the processors below (greedy decoding applies no warpers of its own)
             logits_processor=LogitsProcessorList([*sampling_processors(cfg, pads.repeat_interleave(k)), RowNoise(seeds)]),
