@@ -107,7 +107,7 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
         out = model.generate(
             input_ids=ids.repeat_interleave(k, dim=0),
             attention_mask=mask.repeat_interleave(k, dim=0),
-            past_key_values=shared_prefill(model, ids, mask, k),
+            cache=shared_prefill(model, ids, mask, k),
             do_sample=False,  # RowNoise draws: greedy decoding takes the argmax of the noisy scores
             repetition_penalty=1.0,  # in the processors below (greedy decoding applies no warpers of its own)
             logits_processor=LogitsProcessorList([*sampling_processors(cfg, pads.repeat_interleave(k)), RowNoise(seeds)]),
