@@ -8,7 +8,8 @@ Prints, from one run, generated tokens per second of
 - **stage**: :func:`rlaif.stages.generate.generate_candidates` at the recipe's ``generate`` settings
   (each candidate its own random stream, each prompt prefilled once for its K samples);
 - **plain**: ``model.generate(do_sample=True, num_return_sequences=K)`` on the same batches of prompts,
-  with the same temperature, top-p, top-k, repetition penalty, stop tokens and token budget;
+  with the same temperature, top-p, top-k, repetition penalty, stop tokens and token budget, applied by
+  transformers' own warpers;
 - **llama.cpp**: one stream through ``llama-cpp-python`` on the bundled GGUF file (Q4_1), the same chat
   prompts, K completions each, the same sampling settings and budget. It is an optional benchmark
   dependency (``pip install llama-cpp-python``, which compiles llama.cpp): without it the line says so.
@@ -29,7 +30,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import LogitsProcessorList
 
 from rlaif import chat
 from rlaif.config import load_recipe
@@ -37,7 +37,7 @@ from rlaif.hardware import cpu_flags
 from rlaif.models import BUNDLED_NAMES, bundled_gguf
 from rlaif.run import RunContext
 from rlaif.seeds import derive_seed
-from rlaif.stages.generate import eos_ids, generate_candidates, sample_logprobs, sampling_processors
+from rlaif.stages.generate import eos_ids, generate_candidates, sample_logprobs
 from rlaif.stages.prompts import load_pool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,13 +55,13 @@ def plain(model, tokenizer, prompts: list[dict], cfg, seed: int) -> int:
     stop, tokens = eos_ids(model, tokenizer), 0
     for b in range(0, len(prompts), cfg.batch_size):
         batch = prompts[b : b + cfg.batch_size]
-        ids, mask, pads = chat.left_pad([chat.prompt_ids(tokenizer, p["prompt"]) for p in batch],
+        ids, mask, _ = chat.left_pad([chat.prompt_ids(tokenizer, p["prompt"]) for p in batch],
                                         tokenizer.pad_token_id, model.device)
         torch.manual_seed(derive_seed(seed, "plain", b))
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, num_return_sequences=cfg.num_candidates,
-                             temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0,
-                             logits_processor=LogitsProcessorList(sampling_processors(cfg, pads.repeat_interleave(cfg.num_candidates))),
-                             max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stop))
+                             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                             repetition_penalty=cfg.repetition_penalty, max_new_tokens=cfg.max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stop))
         for row in out[:, ids.shape[1] :].tolist():
             tokens += next((i for i, t in enumerate(row) if t in stop), len(row))
     return tokens

@@ -1,27 +1,55 @@
-"""Sampling with one random stream per sequence: a candidate does not depend on what shares its batch.
+"""Sampling with one random stream per sequence, and a nucleus found without sorting the vocabulary.
 
 ``model.generate(do_sample=True)`` draws every row of a batch from one global random stream, so a
 candidate depends on the batch it was sampled in: which prompts came before it, the batch size, and,
-with several processes, which process drew it. :class:`RowNoise` gives each row its own
-``torch.Generator`` (seeded from the run seed, the prompt id and the candidate index) and samples by the
-Gumbel-max trick: ``argmax(scores + Gumbel noise)`` is an exact draw from ``softmax(scores)``. Put last in
-a greedy ``generate``'s processors (``do_sample=False``), after the repetition penalty, temperature, top-k
-and top-p (:func:`rlaif.stages.generate.sampling_processors`), it samples from the same distribution as
-transformers' own sampling, with noise that belongs to the row.
+with several processes, which process drew it. :class:`RowSampler` gives each row its own
+``torch.Generator`` (seeded from the run seed, the prompt id and the candidate index; on the CPU
+whatever the model's device) and draws one uniform number a row and step: the token is where it falls
+in the cumulative distribution of ``softmax(scores)`` (inverse-CDF sampling, an exact draw). Put last
+in a greedy ``generate``'s processors (``do_sample=False``), after the repetition penalty, temperature,
+top-k and top-p (:func:`rlaif.stages.generate.sampling_processors`), it hands greedy decoding a score
+vector whose maximum is the drawn token, so generation samples from the same distribution as
+transformers' own sampling, with randomness that belongs to the row.
 
-What stays shared: the batch's padding can move a logit in its last bits (a different matrix shape), which
-changes a sample only where two tokens' noisy scores tie to within that rounding.
+:class:`TopP` is transformers' ``TopPLogitsWarper`` (the same nucleus: the most probable tokens until
+their mass reaches ``top_p``, at least one), computed from the ``first`` most probable tokens in rows
+where they hold the nucleus, which is a partial sort, and by a full sort in the other rows. On a 49k vocabulary the full
+sort was the largest cost of a sampling step on the CPU after the matrix products.
+
+What stays shared: the batch's padding can move a logit in its last bits (a different matrix shape),
+which changes a sample only where a uniform number falls within that rounding of a boundary.
 """
 
 import torch
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, TopPLogitsWarper
 
 
-class RowNoise(LogitsProcessor):
-    """Adds each row's own Gumbel noise to the (already warped) scores.
+class TopP(LogitsProcessor):
+    """Keeps the smallest set of most probable tokens whose mass reaches ``top_p`` (at least one token)."""
 
-    ``seeds[r]`` seeds row r (rows in ``generate``'s order: prompt-major, K per prompt). Each row draws one
-    noise vector per decoding step from its own generator, whatever the batch.
+    def __init__(self, top_p: float, first: int = 256):
+        self.top_p, self.first = top_p, first
+        self.full = TopPLogitsWarper(top_p)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        k = min(self.first, scores.shape[-1])
+        top, idx = scores.float().softmax(-1).topk(k, dim=-1)  # descending
+        keep = (top.cumsum(-1) - top) < self.top_p  # the mass strictly before a token is still short of top_p
+        keep[:, 0] = True
+        drop = torch.ones_like(scores, dtype=torch.bool).scatter(-1, idx, ~keep)
+        out = scores.masked_fill(drop, -float("inf"))
+        wide = top.sum(-1) < self.top_p  # rows whose nucleus reaches beyond the first k: a full sort
+        if bool(wide.any()):
+            out[wide] = self.full(None if input_ids is None else input_ids[wide], scores[wide])
+        return out
+
+
+class RowSampler(LogitsProcessor):
+    """The last logits processor of a greedy ``generate``: draws each row's token from ``softmax(scores)``.
+
+    ``seeds[r]`` seeds row r (rows in ``generate``'s order: prompt-major, K per prompt). Each row draws
+    one uniform number per decoding step from its own generator, whatever the batch. Returns scores that
+    are 0 at the drawn token and -inf elsewhere.
     """
 
     def __init__(self, seeds: list[int]):
@@ -32,9 +60,10 @@ class RowNoise(LogitsProcessor):
         if scores.shape[0] != len(self.seeds):
             raise ValueError(f"{scores.shape[0]} rows to sample, {len(self.seeds)} seeds")
         if self.generators is None:
-            self.generators = [torch.Generator(scores.device).manual_seed(s) for s in self.seeds]
-        scores = scores.float()
-        noise = torch.empty_like(scores)
-        for row, gen in zip(noise, self.generators):
-            row.exponential_(generator=gen)  # E ~ Exp(1): -log E is a standard Gumbel variable
-        return scores - noise.log()
+            self.generators = [torch.Generator().manual_seed(s) for s in self.seeds]
+        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators]).to(scores.device)
+        cdf = scores.double().softmax(-1).cumsum(-1)
+        # the first token whose cumulative mass exceeds u: never one of probability 0 (the cdf is flat there)
+        drawn = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).clamp(max=scores.shape[-1] - 1)
+        out = torch.full_like(scores, -float("inf"))
+        return out.scatter(-1, drawn, 0.0)

@@ -14,7 +14,7 @@ import torch
 from rlaif import chat
 from rlaif.config import GenerateConfig
 from rlaif.models import load_model, load_tokenizer
-from rlaif.sampling import RowNoise
+from rlaif.sampling import RowSampler
 from rlaif.stages.generate import generate_candidates, sample_logprobs, sequence_logprobs
 
 PROMPT = "Explain rain to a child in one sentence please."
@@ -108,18 +108,18 @@ def test_scored_logprobs_equal_the_processed_scores_generate_sampled_from(tiny_m
     """Top-k, top-p, temperature and repetition penalty, prompts of different lengths (left padding).
 
     The truth is the distribution each token was drawn from: the scores the processors hand to each row's
-    Gumbel noise (:class:`rlaif.sampling.RowNoise`), recorded at every decoding step."""
+    sampler (:class:`rlaif.sampling.RowSampler`), recorded at every decoding step."""
     model, tok = load_model(tiny_model), load_tokenizer(tiny_model)
     cfg = GenerateConfig(num_candidates=3, max_new_tokens=6, batch_size=2, temperature=0.8, top_k=50, top_p=0.9,
                          repetition_penalty=1.3)
     prompts = [{"id": "a", "prompt": "Say hello."}, {"id": "b", "prompt": "Explain rain to a child in one sentence please."}]
-    seen, noise = [], RowNoise.__call__
+    seen, noise = [], RowSampler.__call__
 
     def recorded(self, input_ids, scores):
         seen.append(scores.float().clone())
         return noise(self, input_ids, scores)
 
-    monkeypatch.setattr(RowNoise, "__call__", recorded)
+    monkeypatch.setattr(RowSampler, "__call__", recorded)
     rows = generate_candidates(model, tok, prompts, cfg, seed=3)
     assert len(seen) == max(len(r["token_ids"]) for r in rows)
     truth = [sum(torch.log_softmax(seen[t][s], -1)[x].item() for t, x in enumerate(r["token_ids"]))

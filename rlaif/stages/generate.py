@@ -37,7 +37,6 @@ from transformers import (
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
-    TopPLogitsWarper,
 )
 
 from rlaif import chat
@@ -46,7 +45,7 @@ from rlaif.config import GenerateConfig
 from rlaif.distributed import gather, rank_log, share, split
 from rlaif.run import RunContext, say
 from rlaif.rundir import read_jsonl, sha256_dir, write_jsonl
-from rlaif.sampling import RowNoise
+from rlaif.sampling import RowSampler, TopP
 from rlaif.seeds import derive_seed
 
 
@@ -72,7 +71,7 @@ def sampling_processors(cfg: GenerateConfig, pads: torch.Tensor | None = None, t
     if truncate and cfg.top_k:
         out.append(TopKLogitsWarper(cfg.top_k))
     if truncate and cfg.top_p < 1.0:
-        out.append(TopPLogitsWarper(cfg.top_p))
+        out.append(TopP(cfg.top_p))
     return out
 
 
@@ -108,9 +107,9 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
             input_ids=ids.repeat_interleave(k, dim=0),
             attention_mask=mask.repeat_interleave(k, dim=0),
             cache=shared_prefill(model, ids, mask, k),
-            do_sample=False,  # RowNoise draws: greedy decoding takes the argmax of the noisy scores
+            do_sample=False,  # RowSampler draws: greedy decoding takes the token it drew
             repetition_penalty=1.0,  # in the processors below (greedy decoding applies no warpers of its own)
-            logits_processor=LogitsProcessorList([*sampling_processors(cfg, pads.repeat_interleave(k)), RowNoise(seeds)]),
+            logits_processor=LogitsProcessorList([*sampling_processors(cfg, pads.repeat_interleave(k)), RowSampler(seeds)]),
             max_new_tokens=cfg.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=sorted(stop),
