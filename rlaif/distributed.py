@@ -139,19 +139,6 @@ def on_main(state: PartialState, fn: Callable[..., T], *args, share_result: bool
     return result if share_result or state.is_main_process else None
 
 
-def train_after_evaluate(trainer) -> None:
-    """Let ``trainer.train()`` wrap the model for DDP after an ``evaluate()`` (call it in between).
-
-    ``evaluate()`` has accelerate prepare the model for evaluation, which does not wrap it but marks it
-    prepared; the ``prepare`` that ``train()`` calls next then returns it unwrapped: no DDP, and every
-    process trains its own copy on its own shard of the data (accelerate 1.15, transformers 5.24; the
-    two-process test caught the adapters differing). Dropping the mark lets ``train()`` wrap it.
-    """
-    model = trainer.model_wrapped
-    if trainer.accelerator.num_processes > 1 and trainer.accelerator.unwrap_model(model) is model:
-        model.__dict__.pop("_is_accelerate_prepared", None)
-
-
 def sharded_weights(accelerator) -> bool:
     """Whether the trainer's weights are sharded across processes (FSDP, DeepSpeed ZeRO-3): then only a
     collective call, made by every process alike, can run the model."""
@@ -159,8 +146,6 @@ def sharded_weights(accelerator) -> bool:
         return True
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     return accelerator.distributed_type == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3
-
-
 
 
 @contextlib.contextmanager

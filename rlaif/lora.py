@@ -110,10 +110,10 @@ def work_folder(ctx, n: int, reads: tuple[str, ...], start_adapter: Path | None,
     A work folder left by training on other inputs (an earlier stage was redone since) is deleted.
     """
     work = ctx.run.path(n, CHECKPOINTS)
-    inputs = {"files": {name: file_record(ctx.run.path(n, name))["sha256"] for name in reads},
-              "start_adapter": sha256_dir(start_adapter) if start_adapter else None, "seed": seed}
 
     def prepare() -> None:  # the main process's (with several, the others wait for it)
+        inputs = {"files": {name: file_record(ctx.run.path(n, name))["sha256"] for name in reads},
+                  "start_adapter": sha256_dir(start_adapter) if start_adapter else None, "seed": seed}
         try:
             same = (work / INPUTS).is_file() and read_json(work / INPUTS) == inputs
         except RlaifError:  # damaged: the checkpoints cannot be trusted

@@ -1,19 +1,20 @@
 """Stage 2, generate: the current policy samples K candidates per prompt.
 
 Prompts go through the model's chat template (:mod:`rlaif.chat`: a prompt that writes a control token
-gets its characters, never the token), batched with left padding and attention masks. Each candidate is sampled from its own random stream,
-seeded from (run seed, round, prompt id, candidate index) (:mod:`rlaif.sampling`), so a redone stage
-reproduces the same samples, and neither the batch size nor the number of processes the prompts are
-split across changes them (with several processes each generates a contiguous share of the prompts). Each
-candidate keeps the token ids it was sampled as (``token_ids``, ending with the stop token only when
+gets its characters, never the token), batched with left padding and attention masks. Each candidate
+is sampled from its own random stream, seeded from (run seed, round, prompt id, candidate index)
+(:mod:`rlaif.sampling`), so a redone stage reproduces the same samples, and neither the batch size nor
+the number of processes the prompts are split across changes them (with several processes each
+generates a contiguous share of the prompts). Each candidate keeps the token ids it was sampled as (``token_ids``, ending with the stop token only when
 the sample really stopped), and the summed log-probability of those ids under the policy and under
 the adapter-off base (:func:`sample_logprobs`): their difference, averaged, is a Monte-Carlo estimate
 of KL(policy ‖ base) on the policy's own samples, and it is the evidence that a round's candidates
 came from the previous round's adapter.
 
 Sampling and scoring share one list of logits processors (:func:`sampling_processors`): repetition
-penalty, temperature, top-k, top-p, in transformers' order. ``generate`` is handed that list with its
-own warpers switched off, so nothing from a model's ``generation_config`` (Qwen's ``top_k: 20``, or
+penalty, temperature, top-k, top-p, in transformers' order. ``generate`` decodes greedily over that
+list followed by :class:`rlaif.sampling.RowSampler`, which draws the token, so none of its own warpers
+applies and nothing from a model's ``generation_config`` (Qwen's ``top_k: 20``, or
 transformers' default ``top_k: 50`` when ``generate.top_k`` is 0) changes the distribution behind
 rlaif's back, and the repetition penalty does not count left padding as repeated tokens.
 
