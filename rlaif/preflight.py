@@ -43,6 +43,8 @@ def judge_tokenizer(ctx: RunContext, name: str):
 
 def check_judge(ctx: RunContext, cfg, what: str) -> str:
     """Build the judge ``cfg`` asks for, with no model: its constructor checks the labels it will read."""
+    if cfg.mode == "none":
+        return f"{what}: none (no soft judge; the verifier alone decides, on prompts that carry constraints)"
     judge = build_judge(cfg, None, judge_tokenizer(ctx, cfg.model), ctx.constitution)
     labels = judge.rubric.labels if judge.pointwise else ctx.constitution.labels
     return (f"{what}: {cfg.mode}{' with critique' if cfg.critique else ''}, model {cfg.model}, "

@@ -9,7 +9,8 @@ from conftest import tiny_recipe, write_recipe
 from rlaif.cli import main
 from rlaif.config import SafeguardsConfig, recipe_from_dict
 from rlaif.evaluation import evaluate
-from rlaif.evaluation.metrics import collapse_signals, distinct_n, judge_set_accuracy, self_similarity, win_rate
+from rlaif.evaluation.metrics import (collapse_signals, distinct_n, judge_set_accuracy, paired_constraint_gain,
+                                     self_similarity, win_rate)
 from rlaif.evaluation.safeguards import broken_rules
 from rlaif.run import RunContext
 from rlaif.rundir import read_json, read_jsonl
@@ -37,6 +38,28 @@ def test_win_rate_counts_ties_as_half_and_brackets_the_estimate():
     assert lo <= rate <= hi and hi - lo > 0.1
     rate, (lo, hi) = win_rate([0.9] * 20, resamples=500, seed=0)
     assert rate == lo == hi == 1.0
+
+
+def test_paired_constraint_gain_is_paired_and_weights_constraints():
+    # 40 prompts of mixed difficulty: easy ones (both meet everything), hard ones (neither meets anything);
+    # the model gains one constraint on 4 prompts of 2 constraints each: +4/80 = +0.05 of all constraints
+    base = [{"prompt_id": f"e{i}", "met": [True, True]} for i in range(20)]
+    base += [{"prompt_id": f"h{i}", "met": [False, False]} for i in range(20)]
+    model = [dict(r) for r in base]
+    for i in range(4):
+        model[20 + i] = {"prompt_id": f"h{i}", "met": [True, False]}
+    gain, (lo, hi) = paired_constraint_gain(model, base, resamples=2000, seed=0)
+    assert gain == pytest.approx(0.05)
+    # paired: the easy/hard spread is shared and cancels, so the interval stays above 0 (each model's own
+    # accuracy moves by about 0.08 between resamples, more than the gain)
+    assert 0 < lo < gain < hi
+    # a second sample per prompt counts; rows of prompts the base did not answer are left out
+    more = model + [{"prompt_id": "h0", "met": [False, False]}, {"prompt_id": "x", "met": [True]}]
+    gain2, _ = paired_constraint_gain(more, base, resamples=200, seed=0)
+    assert gain2 == pytest.approx(44 / 82 - 40 / 80)  # the model: 40 + 4 met of 80 + 2; the base: 40 of 80
+    # no gain: identical answers give exactly 0 with a zero-width interval
+    assert paired_constraint_gain(base, base, resamples=200, seed=0) == (0.0, [0.0, 0.0])
+    assert math.isnan(paired_constraint_gain(model, [], resamples=100, seed=0)[0])
 
 
 def test_collapse_signals_see_repetition_and_kl():
@@ -219,3 +242,22 @@ def test_no_heldout_split_is_a_clear_error(tiny_model, tmp_path, capsys):
     assert main(["run", str(write_recipe(tmp_path / "r.yaml", recipe))]) == 0
     assert main(["eval", str(tmp_path / "out")]) == 2
     assert "held-out split is empty" in capsys.readouterr().err
+
+
+def test_constraint_gain_over_the_base_is_paired_by_prompt(evaluated_run, capsys):
+    sets = ["--set", "eval.instructions=bundled", "--set", "eval.instruction_prompts=6",
+            "--set", "eval.instruction_samples=2"]
+    assert main(["eval", str(evaluated_run), "--rounds", "2", *sets]) == 0
+    table = capsys.readouterr().out
+    assert "IF gain vs base [paired 95% CI]" in table and "6 instruction prompts x2" in table
+    results = read_json(evaluated_run / "eval/results.json")
+    base, r2 = results["models"]
+    assert "if_constraint_gain_vs_base" not in base
+    rows = {m: [r for r in read_jsonl(evaluated_run / f"eval/responses/{m}.jsonl") if r["set"] == "instructions"]
+            for m in ("base", "round_002")}
+    assert all(len(v) == 12 for v in rows.values()), "6 prompts x 2 samples"
+    met = {m: [x for r in v for x in r["met"]] for m, v in rows.items()}
+    assert r2["if_constraint_gain_vs_base"] == pytest.approx(
+        sum(met["round_002"]) / len(met["round_002"]) - sum(met["base"]) / len(met["base"]))
+    lo, hi = r2["if_constraint_gain_vs_base_ci"]
+    assert lo <= r2["if_constraint_gain_vs_base"] <= hi

@@ -97,3 +97,51 @@ def test_verifier_agreement_is_in_the_report(constrained_run):
     want = [read_json(out / f"round_{n:03d}/metrics.json")["judge"]["verifier_agreement"] for n in (1, 2)]
     assert list(table["judge.verifier_agreement"]) == pytest.approx(want, nan_ok=True)
     assert list(table["complete"]) == [True, True]
+
+
+def test_judge_mode_none_leaves_the_verifier_alone_to_decide():
+    from rlaif.config import PairsConfig
+    from rlaif.judging.judges import NoJudge, build_judge
+    from rlaif.judging.rank import rank_all
+    from rlaif.judging.verdicts import judge_candidates
+    from rlaif.judging.verifier import apply_verifier
+    from rlaif.stages.pairs import build_pairs
+
+    recipe = recipe_from_dict({"judge": {"mode": "none"}, "prompts": {"constraint_share": 0.5}})
+    judge = build_judge(recipe.judge, None, None, None)  # reads no model at all
+    assert isinstance(judge, NoJudge)
+    prompts = [{"id": "c", "prompt": "Describe rain.", "constraints": [{"type": "lowercase"}]},
+               {"id": "u", "prompt": "Describe snow."}]
+    texts = {("c", 0): "It rains.", ("c", 1): "it rains softly.", ("c", 2): "Rain falls.",
+             ("u", 0): "Snow is cold.", ("u", 1): "Snow is white and cold."}
+    candidates = [{"prompt_id": p, "candidate": i, "text": t, "num_tokens": 4, "truncated": False}
+                  for (p, i), t in texts.items()]
+    raw = judge_candidates(judge, None, prompts, candidates, "sample", seed=0)
+    assert [(v["prompt_id"], v["i"], v["j"]) for v in raw] == [("c", 0, 1), ("c", 0, 2), ("c", 1, 2), ("u", 0, 1)]
+    assert all(v["p_i"] == 0.5 and not v["failed"] for v in raw)
+    verdicts = apply_verifier(raw, prompts, candidates)
+    by = {(v["prompt_id"], v["i"], v["j"]): v for v in verdicts}
+    assert by[("c", 0, 1)]["p_i"] == 0.0 and by[("c", 1, 2)]["p_i"] == 1.0, "the lowercase answer wins, by the verifier"
+    assert by[("c", 0, 2)]["p_i"] == 0.5 and by[("u", 0, 1)]["p_i"] == 0.5, "ties stay ties: no judge to break them"
+    pairs, _ = build_pairs(prompts, candidates, verdicts, rank_all(candidates, verdicts), PairsConfig(min_margin=0.05),
+                           seed=0, round_n=1)[:2]
+    assert [(p["prompt_id"], p["chosen"]) for p in pairs] == [("c", "it rains softly.")], \
+        "a prompt without constraints gives no pair"
+
+
+@pytest.mark.parametrize("prompts, judge", [({"constraint_share": 0.0}, {"mode": "none"}),
+                                            ({"constraint_share": 0.5}, {"mode": "none", "verifier_weight": 0.0})])
+def test_judge_mode_none_needs_the_verifier(prompts, judge):
+    with pytest.raises(Exception, match="judge.mode: none"):
+        recipe_from_dict({"prompts": prompts, "judge": judge})
+
+
+def test_rl_reward_with_no_judge_is_the_verifier_alone():
+    from rlaif.judging.judges import NoJudge
+
+    reward = JudgeReward(NoJudge(), None, 2, "sample", seed=0, eos_token_ids={0}, truncation_penalty=0.0)
+    lowercase = json.dumps([{"type": "lowercase"}])
+    r = reward(prompts=[ask("Capital of France?")] * 4, completions=[conv(GOOD), conv("paris."), conv(GOOD), conv(BAD)],
+               prompt_id=["p", "p", "q", "q"], constraints=[lowercase, lowercase, "[]", "[]"])
+    assert r[1] > r[0], "the constraint decides"
+    assert r[2] == r[3], "no constraints and no judge: no signal"

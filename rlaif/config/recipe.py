@@ -81,6 +81,9 @@ class Recipe(BaseModel):
                 "human-written reference answer); the bundled prompt set has no reference answers, so use a "
                 "prompt file or hub dataset that has them"
             )
+        if self.judge.mode == "none" and (self.prompts.constraint_share == 0 or self.judge.verifier_weight == 0):
+            raise ValueError("judge.mode: none leaves the verifier as the only source of verdicts, so it needs "
+                             "prompts.constraint_share above 0 and judge.verifier_weight above 0")
         if self.safeguards.max_instruction_drop is not None and self.eval.instructions == "none":
             raise ValueError("safeguards.max_instruction_drop needs instruction prompts (eval.instructions is `none`)")
         return self

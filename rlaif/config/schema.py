@@ -166,11 +166,12 @@ class GenerateConfig(Section):
 
 class JudgeConfig(Section):
     constitution: str = _f("default", "`default` (the bundled constitution) or a path to a constitution YAML.")
-    mode: Literal["pairwise", "pointwise"] = _f(
+    mode: Literal["pairwise", "pointwise", "none"] = _f(
         "pointwise",
         "`pairwise`: soft A/B verdicts, every pair in both orders; `pointwise`: each candidate's expected "
-        "score on the constitution's additive 0-5 rubric, p_i = 0.5 + (s_i - s_j)/10. "
-        "See README, How good is the judge?",
+        "score on the constitution's additive 0-5 rubric, p_i = 0.5 + (s_i - s_j)/10; `none`: no soft judge, "
+        "every verdict a tie, so only the verifier decides (prompts.constraint_share above 0; the verifier-only "
+        "arm of benchmarks/improve_bench.py). See README, How good is the judge?",
     )
     model: str = _f(
         "policy",
@@ -278,6 +279,13 @@ class EvalConfig(Section):
         "Verifiable-instruction prompts: `bundled` (rlaif's checker set), a JSONL path, or `none`.",
     )
     instruction_prompts: Int = _f(0, "How many instruction prompts to use (0 = all).", ge=0)
+    instruction_samples: Int = _f(
+        1,
+        "Samples per instruction prompt. More samples narrow the paired interval of the constraint gain over the "
+        "base (each sample is drawn from the same seeded stream for every model, so the models' samples differ "
+        "only where their distributions do).",
+        ge=1,
+    )
     judge_model: str = _f(
         "base", "The judge that does not move: `base` (the frozen base model) or another model (hub id or folder)."
     )

@@ -42,7 +42,8 @@ from rlaif.config import Recipe
 from rlaif.distributed import gather, main_lock, on_main, split
 from rlaif.errors import RlaifError
 from rlaif.evaluation import checks as checkers
-from rlaif.evaluation.metrics import collapse_signals, instruction_metrics, judge_set_accuracy, win_rate
+from rlaif.evaluation.metrics import (collapse_signals, instruction_metrics, judge_set_accuracy,
+                                     paired_constraint_gain, win_rate)
 from rlaif.judging.judges import build_judge
 from rlaif.judging.verdicts import judge_candidates
 from rlaif.reporting.fmt import MISSING, fmt
@@ -165,11 +166,12 @@ class Evaluator:
 
     def _generate(self, m: Model) -> list[dict]:
         say(f"eval: {m.name}: answering {len(self.heldout)} held-out prompts x{self.cfg.samples}"
-            f" and {len(self.instructions)} instruction prompts")
+            f" and {len(self.instructions)} instruction prompts x{self.cfg.instruction_samples}")
         model = self.ctx.load(m.adapter) if m.adapter else self.base
         seed = derive_seed(self.recipe.run.seed, "eval")
         rows = []
-        for name, prompts, k in (("heldout", self.heldout, self.cfg.samples), ("instructions", self.instructions, 1)):
+        for name, prompts, k in (("heldout", self.heldout, self.cfg.samples),
+                                 ("instructions", self.instructions, self.cfg.instruction_samples)):
             if not prompts:
                 continue
             mine = split(self.ctx.state, prompts)  # with several processes, a share of the prompts each
@@ -285,7 +287,12 @@ class Evaluator:
             row[f"p_vs_{label}_mean"] = _nanmean(ps)
         if prev is not None:
             row["previous"] = prev.name
-        row.update(instruction_metrics([r for r in rows if r["set"] == "instructions"]))
+        instructions = [r for r in rows if r["set"] == "instructions"]
+        row.update(instruction_metrics(instructions))
+        if m.adapter and instructions:  # paired with the base's answers to the same prompts
+            base_rows = [r for r in self.responses(Model("base", 0, None)) if r["set"] == "instructions"]
+            gain, ci = paired_constraint_gain(instructions, base_rows, self.cfg.bootstrap, self.recipe.run.seed)
+            row["if_constraint_gain_vs_base"], row["if_constraint_gain_vs_base_ci"] = gain, ci
         row.update(collapse_signals([r for r in rows if r["set"] == "heldout"]))
         return row
 
@@ -296,6 +303,7 @@ class Evaluator:
             "heldout_prompts": len(self.heldout),
             "samples": self.cfg.samples,
             "instruction_prompts": len(self.instructions),
+            "instruction_samples": self.cfg.instruction_samples,
             "max_new_tokens": self.max_new_tokens,
             "models": [self.summarize(m) for m in models],
         }
@@ -381,18 +389,19 @@ def format_table(results: dict) -> str:
     j = results["judge"]
     acc = f"judge acc {fmt(j.get('accuracy'))}"  # how far a win-rate can be trusted: the judge's own accuracy
     head = ["model", f"win vs base [95% CI] ({acc})", f"win vs prev [95% CI] ({acc})", "IF prompts", "IF constraints",
-            "distinct-2", "self-sim", "tokens (sd)", "truncated", "KL"]
+            "IF gain vs base [paired 95% CI]", "distinct-2", "self-sim", "tokens (sd)", "truncated", "KL"]
     lines = [head]
     for r in results["models"]:
         lines.append([r["name"], ci(r, "win_rate_vs_base"), ci(r, "win_rate_vs_previous"),
-                      fmt(r["if_prompt_accuracy"]), fmt(r["if_constraint_accuracy"]), fmt(r["distinct_2"]),
+                      fmt(r["if_prompt_accuracy"]), fmt(r["if_constraint_accuracy"]),
+                      ci(r, "if_constraint_gain_vs_base"), fmt(r["distinct_2"]),
                       fmt(r["self_similarity"]), f"{fmt(r['mean_tokens'], '.1f')} ({fmt(r['std_tokens'], '.1f')})",
                       fmt(r["truncated_share"]), fmt(r["kl_to_base"], ".3f")])
     widths = [max(len(row[c]) for row in lines) for c in range(len(head))]
     text = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in lines]
     text.insert(1, "-+-".join("-" * w for w in widths))
     text.append(f"{results['heldout_prompts']} held-out prompts x{results['samples']} samples, "
-                f"{results['instruction_prompts']} instruction prompts, judge: {j['model']} ({j['mode']}"
+                f"{results['instruction_prompts']} instruction prompts x{results.get('instruction_samples', 1)}, judge: {j['model']} ({j['mode']}"
                 + (", both orders" if j["mode"] == "pairwise" else "") + "), "
                 f"accuracy {fmt(j.get('accuracy'))} on {j.get('pairs', MISSING)} labelled pairs ({j.get('set', MISSING)}); "
                 "a frozen base judge may also favour the base's own style of answer")

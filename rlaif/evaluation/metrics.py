@@ -81,6 +81,35 @@ def instruction_metrics(rows: list[dict]) -> dict:
     }
 
 
+def paired_constraint_gain(model: list[dict], base: list[dict], resamples: int, seed: int) -> tuple[float, list[float]]:
+    """The model's share of instruction constraints met minus the base's, and its paired 95% bootstrap interval.
+
+    Both lists are instruction rows (``prompt_id``, ``met``) over the same prompts (one row per sample). A
+    bootstrap resample draws prompts with replacement and keeps each drawn prompt's rows of *both* models, so
+    the prompt-to-prompt spread in difficulty, shared by the two, cancels out of the interval (paired). NaN
+    with no common prompt.
+    """
+    def counts(rows):
+        out: dict[str, list[int]] = {}
+        for r in rows:
+            c = out.setdefault(r["prompt_id"], [0, 0])
+            c[0], c[1] = c[0] + sum(r["met"]), c[1] + len(r["met"])
+        return out
+
+    cm, cb = counts(model), counts(base)
+    ids = [i for i in cm if i in cb and cm[i][1] and cb[i][1]]
+    if not ids:
+        return math.nan, [math.nan, math.nan]
+
+    def gain(sample):
+        met_m, n_m, met_b, n_b = (sum(c[i][k] for i in sample) for c, k in ((cm, 0), (cm, 1), (cb, 0), (cb, 1)))
+        return met_m / n_m - met_b / n_b
+
+    rng = random.Random(seed)
+    gains = sorted(gain(rng.choices(ids, k=len(ids))) for _ in range(resamples))
+    return gain(ids), [gains[int(0.025 * (resamples - 1))], gains[int(0.975 * (resamples - 1))]]
+
+
 def judge_set_accuracy(p_better: list[float]) -> float:
     """Share of labelled pairs where the judge prefers the better answer: P(better) above 0.5 is right, below
     is wrong, exactly 0.5 or a failed (NaN) verdict is half right, as a tie counts in the win-rates."""

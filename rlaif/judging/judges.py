@@ -176,8 +176,19 @@ def greedy_generate(model, tokenizer, texts: list[str], max_new_tokens: int, bat
     return out
 
 
+class NoJudge:
+    """``judge.mode: none``: no soft judge. Every verdict is a tie (``p_i`` 0.5, not failed), read by no model,
+    so on prompts that carry constraints the verifier alone decides (:mod:`rlaif.judging.verifier`) and a
+    prompt without constraints yields no pair. The verifier-only arm of the judge/verifier ablation."""
+
+    pointwise = False
+    abstains = True
+
+
 def build_judge(cfg, model, tokenizer, constitution: Constitution):
     """The judge a recipe's ``judge`` section asks for (mode, critique, prefix cache, batch size)."""
+    if cfg.mode == "none":
+        return NoJudge()
     cls = PointwiseJudge if cfg.mode == "pointwise" else ModelJudge
     return cls(model, tokenizer, constitution, cfg.batch_size, prefix_cache=cfg.prefix_cache,
                critique=cfg.critique, critique_tokens=cfg.critique_tokens)

@@ -104,6 +104,11 @@ def judge_candidates(
     by_prompt: dict[str, list[dict]] = {}
     for c in candidates:
         by_prompt.setdefault(c["prompt_id"], []).append(c)
+    if getattr(judge, "abstains", False):  # judge.mode none: every pair a tie, for the verifier to decide
+        return [{"prompt_id": p["id"], "i": i, "j": j, "principle": "none", "p_a_ij": math.nan, "p_a_ji": math.nan,
+                 "p_i": 0.5, "agree": None, "p_first": math.nan, "failed": False, "label_mass": math.nan}
+                for p in prompts
+                for i, j in itertools.combinations(sorted(c["candidate"] for c in by_prompt.get(p["id"], [])), 2)]
     if getattr(judge, "pointwise", False):
         return _pointwise_rows(judge, prompts, by_prompt)
     plan, comparisons = [], []

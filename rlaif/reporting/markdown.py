@@ -84,6 +84,7 @@ EVAL_COLUMNS = [
     ("win vs previous [CI]", "win_rate_vs_previous", lambda r: _ci(r, "win_rate_vs_previous")),
     ("IF prompts", "if_prompt_accuracy", _g("if_prompt_accuracy")),
     ("IF constraints", "if_constraint_accuracy", _g("if_constraint_accuracy")),
+    ("IF gain vs base [paired CI]", "if_constraint_gain_vs_base", lambda r: _ci(r, "if_constraint_gain_vs_base")),
     ("distinct-1 / -2", "distinct_1", lambda r: f"{fmt(r.get('distinct_1'))} / {fmt(r.get('distinct_2'))}"),
     ("self-similarity", "self_similarity", _g("self_similarity")),
     ("tokens (mean ± std)", "mean_tokens", lambda r: f"{fmt(r.get('mean_tokens'), '.1f')} ± {fmt(r.get('std_tokens'), '.1f')}"),

@@ -20,7 +20,8 @@ def run(ctx: RunContext, n: int) -> dict:
     cfg = ctx.recipe.judge
     prompts = read_jsonl(ctx.run.path(n, "prompts.jsonl"))
     candidates = read_jsonl(ctx.run.path(n, "candidates.jsonl"))
-    model, tokenizer, adapter = ctx.load_judge(n)
+    # judge.mode none reads no model: every verdict is a tie for the verifier to decide
+    model, tokenizer, adapter = ctx.load_judge(n) if cfg.mode != "none" else (None, None, None)
     judge = build_judge(cfg, model, tokenizer, ctx.constitution)
     seed = ctx.seed(n, "judge")
     mine = split(ctx.state, prompts)  # whole prompts: a prompt's candidates are judged against each other
@@ -36,7 +37,9 @@ def run(ctx: RunContext, n: int) -> dict:
     # the judge's own reliability is measured on its own verdicts (the verifier's certain ones would inflate it)
     metrics = {**verdict_metrics(raw), **reliability_metrics(raw, lengths), **verifier_metrics(verdicts),
                **constraint_metrics(prompts, candidates)}
-    if cfg.reference_agreement:
+    if cfg.mode == "none":  # no judge of its own to agree with the verifier or to compare with the base
+        metrics["verifier_agreement"] = float("nan")
+    if cfg.reference_agreement and cfg.mode != "none":
         if cfg.model == "base" or (cfg.model == "policy" and adapter is None):
             metrics["reference_agreement"] = 1.0  # the judge is the frozen base itself
         else:

@@ -52,7 +52,7 @@ from rlaif.config import Recipe, build_trl_config
 from rlaif.distributed import gather, process_state, rank_log, sharded_weights, split
 from rlaif.errors import RlaifError
 from rlaif.judging.constitution import Constitution
-from rlaif.judging.judges import build_judge
+from rlaif.judging.judges import NoJudge, build_judge
 from rlaif.judging.rank import mean_wins, win_matrix
 from rlaif.judging.verdicts import PairJudge, judge_candidates
 from rlaif.judging.verifier import apply_verifier
@@ -200,7 +200,9 @@ def run(ctx: RunContext, n: int) -> dict:
     recipe, cfg = ctx.recipe, ctx.recipe.judge
     prompts = read_jsonl(ctx.run.path(n, "prompts.jsonl"))
     start = ctx.policy_adapter(n)
-    if cfg.model == "policy" and recipe.train.rl_judge == "live":
+    if cfg.mode == "none":  # the verifier alone: no judge model to load
+        judge_adapter, judge = None, NoJudge()
+    elif cfg.model == "policy" and recipe.train.rl_judge == "live":
         judge_adapter, judge = "live", None
     else:
         model, tokenizer, adapter = ctx.load_judge(n)
