@@ -77,7 +77,7 @@ def round_metrics(run: Path) -> list[dict]:
 
 def checks(base: dict, final: dict) -> dict:
     """Issue 11's acceptance points for one arm (booleans, with the numbers they are read from)."""
-    gain, (lo, hi) = final["if_constraint_gain_vs_base"], final["if_constraint_gain_vs_base_ci"]
+    gain, lo = final["if_constraint_gain_vs_base"], final["if_constraint_gain_vs_base_ci"][0]
     return {
         "constraint_gain_ge_5_points": gain >= 0.05,
         "constraint_gain_ci_excludes_0": lo > 0,
@@ -118,8 +118,10 @@ def main() -> None:
     ap.add_argument("--arms", default="both,judge,verifier", help="comma-separated, from: " + ", ".join(ARMS))
     ap.add_argument("--root", default="runs/improve_bench", help="one run folder per arm under this")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="SECTION.KEY=VALUE for every arm")
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 0) or os.cpu_count() or 1))
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
     ap.add_argument("--out", default="benchmarks/results_improve_cpu.json")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep an arm's run folder when its run completed (result.json), and only evaluate it")
     args = ap.parse_args()
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
@@ -131,12 +133,17 @@ def main() -> None:
     first = None
     for arm in arms:
         run = root / arm
-        if run.exists():
-            shutil.rmtree(run)  # every arm is a fresh run
-        sets = [x for o in [f"run.output_dir={run}", "wandb.enabled=false", *args.overrides, *ARMS[arm]]
-                for x in ("--set", o)]
-        print(f"[improve_bench] {arm}: rlaif run {args.recipe} {' '.join(sets)}", flush=True)
-        run_seconds = rlaif("run", args.recipe, *sets, threads=args.threads)
+        done = run / "result.json"
+        if args.reuse and done.is_file() and json.loads(done.read_text()).get("status") == "completed":
+            run_seconds = sum(sum(r["seconds"].values()) for r in round_metrics(run))  # the stages' own times
+            print(f"[improve_bench] {arm}: reusing the completed run in {run}", flush=True)
+        else:
+            if run.exists():
+                shutil.rmtree(run)  # every arm is a fresh run
+            sets = [x for o in [f"run.output_dir={run}", "wandb.enabled=false", *args.overrides, *ARMS[arm]]
+                    for x in ("--set", o)]
+            print(f"[improve_bench] {arm}: rlaif run {args.recipe} {' '.join(sets)}", flush=True)
+            run_seconds = rlaif("run", args.recipe, *sets, threads=args.threads)
         last = max(int(p.name.split("_")[1]) for p in run.glob("round_*"))
         if first is not None:
             share_base(first, run)

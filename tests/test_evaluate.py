@@ -9,8 +9,14 @@ from conftest import tiny_recipe, write_recipe
 from rlaif.cli import main
 from rlaif.config import SafeguardsConfig, recipe_from_dict
 from rlaif.evaluation import evaluate
-from rlaif.evaluation.metrics import (collapse_signals, distinct_n, judge_set_accuracy, paired_constraint_gain,
-                                     self_similarity, win_rate)
+from rlaif.evaluation.metrics import (
+    collapse_signals,
+    distinct_n,
+    judge_set_accuracy,
+    paired_constraint_gain,
+    self_similarity,
+    win_rate,
+)
 from rlaif.evaluation.safeguards import broken_rules
 from rlaif.run import RunContext
 from rlaif.rundir import read_json, read_jsonl

@@ -42,8 +42,13 @@ from rlaif.config import Recipe
 from rlaif.distributed import gather, main_lock, on_main, split
 from rlaif.errors import RlaifError
 from rlaif.evaluation import checks as checkers
-from rlaif.evaluation.metrics import (collapse_signals, instruction_metrics, judge_set_accuracy,
-                                     paired_constraint_gain, win_rate)
+from rlaif.evaluation.metrics import (
+    collapse_signals,
+    instruction_metrics,
+    judge_set_accuracy,
+    paired_constraint_gain,
+    win_rate,
+)
 from rlaif.judging.judges import build_judge
 from rlaif.judging.verdicts import judge_candidates
 from rlaif.reporting.fmt import MISSING, fmt
