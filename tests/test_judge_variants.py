@@ -33,9 +33,9 @@ def test_calibration_subtracts_the_content_free_logprobs():
     answer = [math.log(p) for p in (0.1, 0.2, 0.7)]
     free = [math.log(p) for p in (0.5, 0.25, 0.25)]
     assert calibrated(answer, free) == pytest.approx([math.log(0.2), math.log(0.8), math.log(2.8)])
-    # renormalised: 0.2 : 0.8 : 2.8 -> 0.05, 0.2, 0.7 -> E = 0*0.05 + 1*0.2 + 2*0.7 = 1.6
+    # renormalised: 0.2 : 0.8 : 2.8 over 3.8 -> E = (0*0.2 + 1*0.8 + 2*2.8) / 3.8
     score, probs = expected_score(calibrated(answer, free), (0.0, 1.0, 2.0))
-    assert probs == pytest.approx([0.05, 0.2, 0.75 - 0.05]) and score == pytest.approx(1.6)
+    assert probs == pytest.approx([0.2 / 3.8, 0.8 / 3.8, 2.8 / 3.8]) and score == pytest.approx(6.4 / 3.8)
     # an answer the model scores exactly like the content-free one comes out uniform
     assert expected_score(calibrated(free, free), (0.0, 1.0, 2.0))[0] == pytest.approx(1.0)
 
@@ -116,6 +116,11 @@ def test_options_beyond_the_constitution_are_errors(tiny):
         PointwiseJudge(model, tok, CONST, few_shot=99)
     with pytest.raises(RlaifError, match="rubrics=9"):
         PointwiseJudge(model, tok, CONST, rubrics=9)
+    r = CONST.pointwise
+    bad = dataclasses.replace(CONST, pointwise=dataclasses.replace(r, examples=(dataclasses.replace(r.examples[0], score="7"),)))
+    with pytest.raises(RlaifError, match="score '7' is not one of"):
+        PointwiseJudge(model, tok, bad, few_shot=1)
+    PointwiseJudge(model, tok, bad)  # examples it does not show are not checked
 
 
 # ---------------------------------------------------------------- the constitution's examples
@@ -154,9 +159,6 @@ def test_constitution_checks_examples_and_alternates():
     assert c.pointwise.templates == ("{examples}{prompt} {answer}", "R: {prompt} {answer}")
     assert c.render_pointwise("Q", "A", examples=1)[-1]["content"] == "q>a=1;Q A"
     assert c.render_pointwise("Q", "A", rubric=1, examples=1)[-1]["content"] == "R: Q A"
-    with pytest.raises(RlaifError, match="not one of the labels"):
-        constitution_from_dict({**raw, "pointwise": {**rub, "example_template": "{prompt}{answer}{score}",
-                                                       "examples": [{"prompt": "q", "answer": "a", "score": 7}]}})
     with pytest.raises(RlaifError, match="alternates"):
         constitution_from_dict({**raw, "pointwise": {**rub, "alternates": ["{prompt} only"]}})
     with pytest.raises(RlaifError, match="example_template"):

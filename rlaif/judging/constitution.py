@@ -210,7 +210,7 @@ def _rubric(raw, bad) -> Rubric | None:
             (f"pointwise.alternates[{i}]", t) for i, t in enumerate(alternates)]:
         fields = _template_fields(template, where, bad)
         if fields - {"examples"} != POINTWISE_PLACEHOLDERS:
-            raise bad(f"'{where}' must use {{prompt}} {{answer}} (and optionally {{examples}}), found {sorted(fields)}")
+            raise bad(f"'{where}' must use exactly {{prompt}} {{answer}} (and optionally {{examples}}), found {sorted(fields)}")
     labels = raw.get("labels")
     if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, (str, int)) for x in labels)):
         raise bad("'pointwise.labels' must be a list of at least two score labels, e.g. ['1', '2', '3', '4', '5']")
@@ -230,9 +230,6 @@ def _rubric(raw, bad) -> Rubric | None:
             for e in examples):
         raise bad("'pointwise.examples' must be a list of {prompt, answer, score}")
     parsed = tuple(Example(str(e["prompt"]), str(e["answer"]), str(e["score"])) for e in examples)
-    for e in parsed:
-        if e.score not in labels:
-            raise bad(f"'pointwise.examples': score {e.score!r} is not one of the labels {labels}")
     example_template = raw.get("example_template", "")
     if examples and _template_fields(example_template, "pointwise.example_template", bad) != EXAMPLE_PLACEHOLDERS:
         raise bad("'pointwise.example_template' must use exactly {prompt} {answer} {score}")

@@ -135,6 +135,10 @@ class PointwiseJudge(_ModelReader):
         if few_shot and not all("{examples}" in t for t in rubric.templates[:rubrics]):
             raise RlaifError(f"constitution {constitution.source}: judge.few_shot needs an {{examples}} placeholder "
                              "in each rubric template it uses")
+        wrong = [e.score for e in rubric.examples[:few_shot] if e.score not in rubric.labels]
+        if wrong:
+            raise RlaifError(f"constitution {constitution.source}: graded example score {wrong[0]!r} is not one of "
+                             f"the rubric's labels {list(rubric.labels)}")
         if rubrics > len(rubric.templates):
             raise RlaifError(f"constitution {constitution.source}: judge.rubrics={rubrics} but the rubric has "
                              f"{len(rubric.templates)} wordings (pointwise.template + alternates)")
