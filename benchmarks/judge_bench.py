@@ -125,7 +125,7 @@ def baseline_prompt(tokenizer, const, prompt: str, answer: str) -> str:
     the baseline's instruction comes last, after the answer, as in Yuan et al. 2024's judge prompt.
     """
     template = "\n".join(line for line in const.pointwise.template.split("\n") if not line.startswith("Reply with"))
-    user = template.format(prompt=prompt, answer=answer).rstrip() + (
+    user = template.format(prompt=prompt, answer=answer, examples="").rstrip() + (
         "\n\nBriefly justify your total score in one or two sentences, then conclude with the score "
         "using the format: Score: <total points>"
     )

@@ -185,6 +185,25 @@ class JudgeConfig(Section):
         False, "Have the judge write a short critique before its verdict (for larger models; ~50x the cost)."
     )
     critique_tokens: Int = _f(48, "Longest critique, in tokens (greedy).", ge=1)
+    few_shot: Int = _f(
+        0,
+        "Pointwise: show the constitution's first N graded examples (pointwise.examples) before the request; "
+        "they sit in the cached head, computed once. 0 = none. Lowers the bundled 135M judge's accuracy (benchmarks/README.md, part C).",
+        ge=0,
+    )
+    rubrics: Int = _f(
+        1,
+        "Pointwise: average the expected score over the first N wordings of the rubric (pointwise.template, then "
+        "pointwise.alternates); each wording costs one more view per candidate. No gain on the bundled 135M "
+        "judge (benchmarks/README.md, part C).",
+        ge=1,
+    )
+    calibrate: bool = _f(
+        False,
+        "Pointwise: contextual calibration (Zhao et al. 2021): subtract the score-label log-probabilities of a "
+        "content-free answer (pointwise.content_free) to the same request before the expected score; one more "
+        "view per request. No gain on both halves of the judge set with the bundled 135M judge (benchmarks/README.md, part C).",
+    )
     prefix_cache: bool = _f(
         True,
         "Compute the shared prompt prefix (system + constitution + request) once per group of verdicts, and "

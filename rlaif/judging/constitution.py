@@ -15,6 +15,16 @@ from rlaif.errors import RlaifError
 
 PLACEHOLDERS = {"principle", "prompt", "answer_a", "answer_b"}
 POINTWISE_PLACEHOLDERS = {"prompt", "answer"}
+EXAMPLE_PLACEHOLDERS = {"prompt", "answer", "score"}
+
+
+@dataclass(frozen=True)
+class Example:
+    """A graded example for the rubric's few-shot head (``judge.few_shot``): a request, an answer, its score."""
+
+    prompt: str
+    answer: str
+    score: str
 
 
 @dataclass(frozen=True)
@@ -24,10 +34,23 @@ class Rubric:
     template: str
     labels: tuple[str, ...]  # each one token; its value is the number it spells
     answer_prefix: str
+    alternates: tuple[str, ...] = ()  # other wordings of the template, same labels (``judge.rubrics``)
+    examples: tuple[Example, ...] = ()  # graded examples (``judge.few_shot``), shown at ``{examples}``
+    example_template: str = ""  # one example's text: {prompt} {answer} {score}
+    content_free: str = "N/A"  # the answer scored for contextual calibration (``judge.calibrate``)
 
     @property
     def values(self) -> tuple[float, ...]:
         return tuple(float(x) for x in self.labels)
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        return (self.template, *self.alternates)
+
+    def examples_text(self, n: int) -> str:
+        """The first ``n`` graded examples as they fill ``{examples}`` ("" for none)."""
+        return "".join(self.example_template.format(prompt=e.prompt, answer=e.answer, score=e.score)
+                       for e in self.examples[:n])
 
 
 @dataclass(frozen=True)
@@ -62,9 +85,13 @@ class Constitution:
         user = self.template.format(principle=principle, prompt=prompt, answer_a=answer_a, answer_b=answer_b)
         return self._messages(user, critique)
 
-    def render_pointwise(self, prompt: str, answer: str, critique: bool = False) -> list[dict]:
-        """Chat messages that ask for one answer's rubric score."""
-        return self._messages(self.require("pointwise").template.format(prompt=prompt, answer=answer), critique)
+    def render_pointwise(self, prompt: str, answer: str, critique: bool = False, rubric: int = 0,
+                         examples: int = 0) -> list[dict]:
+        """Chat messages that ask for one answer's rubric score: wording ``rubric`` (0 = ``template``, then
+        the ``alternates``), with the first ``examples`` graded examples at ``{examples}``."""
+        r = self.require("pointwise")
+        user = r.templates[rubric].format(prompt=prompt, answer=answer, examples=r.examples_text(examples))
+        return self._messages(user, critique)
 
     def _messages(self, user: str, critique: bool) -> list[dict]:
         if critique:
@@ -172,12 +199,18 @@ def _rubric(raw, bad) -> Rubric | None:
         return None
     if not isinstance(raw, dict):
         raise bad("'pointwise' must be a mapping with template, labels and answer_prefix")
+    known = ("alternates", "answer_prefix", "content_free", "example_template", "examples", "labels", "template")
     for key in raw:
-        if key not in ("template", "labels", "answer_prefix"):
-            raise bad(f"unknown key 'pointwise.{key}' (known: answer_prefix, labels, template)")
-    fields = _template_fields(raw.get("template"), "pointwise.template", bad)
-    if fields != POINTWISE_PLACEHOLDERS:
-        raise bad(f"'pointwise.template' must use exactly {{prompt}} {{answer}}, found {sorted(fields)}")
+        if key not in known:
+            raise bad(f"unknown key 'pointwise.{key}' (known: {', '.join(known)})")
+    alternates = raw.get("alternates", [])
+    if not isinstance(alternates, list):
+        raise bad("'pointwise.alternates' must be a list of templates")
+    for where, template in [("pointwise.template", raw.get("template"))] + [
+            (f"pointwise.alternates[{i}]", t) for i, t in enumerate(alternates)]:
+        fields = _template_fields(template, where, bad)
+        if fields - {"examples"} != POINTWISE_PLACEHOLDERS:
+            raise bad(f"'{where}' must use exactly {{prompt}} {{answer}} (and optionally {{examples}}), found {sorted(fields)}")
     labels = raw.get("labels")
     if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, (str, int)) for x in labels)):
         raise bad("'pointwise.labels' must be a list of at least two score labels, e.g. ['1', '2', '3', '4', '5']")
@@ -191,7 +224,19 @@ def _rubric(raw, bad) -> Rubric | None:
     prefix = raw.get("answer_prefix", "")
     if not isinstance(prefix, str):
         raise bad("'pointwise.answer_prefix' must be a string")
-    return Rubric(raw["template"], tuple(labels), prefix)
+    examples = raw.get("examples", [])
+    if not isinstance(examples, list) or not all(
+            isinstance(e, dict) and set(e) == EXAMPLE_PLACEHOLDERS and all(isinstance(v, (str, int)) for v in e.values())
+            for e in examples):
+        raise bad("'pointwise.examples' must be a list of {prompt, answer, score}")
+    parsed = tuple(Example(str(e["prompt"]), str(e["answer"]), str(e["score"])) for e in examples)
+    example_template = raw.get("example_template", "")
+    if examples and _template_fields(example_template, "pointwise.example_template", bad) != EXAMPLE_PLACEHOLDERS:
+        raise bad("'pointwise.example_template' must use exactly {prompt} {answer} {score}")
+    content_free = raw.get("content_free", "N/A")
+    if not isinstance(content_free, str):
+        raise bad("'pointwise.content_free' must be a string")
+    return Rubric(raw["template"], tuple(labels), prefix, tuple(alternates), parsed, example_template, content_free)
 
 
 def _critique(raw, bad) -> Critique | None:

@@ -41,6 +41,7 @@ from rlaif.judging.prefix_cache import PrefixStore, last_logprobs
 from rlaif.judging.verdicts import (
     Comparison,
     _mean,
+    calibrated,
     combine_orders,
     expected_score,
     label_mass,
@@ -107,9 +108,43 @@ class PointwiseJudge(_ModelReader):
     samples a written justification and parses "Score: N"; we read the probabilities of the score
     labels after ``Score: `` and take the expected value, one forward pass per answer (optionally
     after a written critique). Each answer is scored once and reused in every pair it is in.
+
+    Options (``judge.few_shot``, ``judge.rubrics``, ``judge.calibrate``; what each is worth on the bundled
+    model: benchmarks/README.md, "Can the self-judge be made stronger?"):
+
+    - ``few_shot``: the constitution's first N graded examples fill the rubric's ``{examples}``, which
+      comes before the request, so they are part of the cached head, computed once, not per view.
+    - ``rubrics``: the expected score is averaged over the first N wordings of the rubric (``template``
+      then ``alternates``); each wording is its own pass with its own cached head (N× the views).
+    - ``calibrate``: contextual calibration (Zhao et al. 2021, "Calibrate Before Use"): per request, the
+      rubric also scores a content-free answer (``pointwise.content_free``), and its label log-probabilities
+      are subtracted from every answer's before the expected score (their diagonal W = diag(p_cf)^-1,
+      no bias term), which removes the score prior the request alone induces. One more view per request,
+      in the request's cached group.
     """
 
     pointwise = True
+
+    def __init__(self, model, tokenizer, constitution: Constitution, batch_size: int = 8, prefix_cache: bool = True,
+                 critique: bool = False, critique_tokens: int = 48, few_shot: int = 0, rubrics: int = 1,
+                 calibrate: bool = False):
+        rubric = constitution.require("pointwise")
+        if few_shot > len(rubric.examples):
+            raise RlaifError(f"constitution {constitution.source}: judge.few_shot={few_shot} but the rubric has "
+                             f"{len(rubric.examples)} graded examples (pointwise.examples)")
+        if few_shot and not all("{examples}" in t for t in rubric.templates[:rubrics]):
+            raise RlaifError(f"constitution {constitution.source}: judge.few_shot needs an {{examples}} placeholder "
+                             "in each rubric template it uses")
+        wrong = [e.score for e in rubric.examples[:few_shot] if e.score not in rubric.labels]
+        if wrong:
+            raise RlaifError(f"constitution {constitution.source}: graded example score {wrong[0]!r} is not one of "
+                             f"the rubric's labels {list(rubric.labels)}")
+        if rubrics > len(rubric.templates):
+            raise RlaifError(f"constitution {constitution.source}: judge.rubrics={rubrics} but the rubric has "
+                             f"{len(rubric.templates)} wordings (pointwise.template + alternates)")
+        self.few_shot, self.rubrics, self.calibrate = few_shot, rubrics, calibrate
+        super().__init__(model, tokenizer, constitution, batch_size, prefix_cache, critique, critique_tokens)
+        self.prefix_stores = [self.prefix_store] + [PrefixStore() if prefix_cache else None for _ in range(rubrics - 1)]
 
     def _read_labels_setup(self) -> None:
         tokenizer, constitution = self.tokenizer, self.constitution
@@ -119,24 +154,39 @@ class PointwiseJudge(_ModelReader):
             tokenizer, constitution, prefix, self.rubric.labels, pointwise=True, after_critique=self.critique
         )
 
-    def text(self, prompt: str, answer: str) -> str:
-        messages = self.constitution.render_pointwise(prompt, answer, critique=self.critique)
+    def text(self, prompt: str, answer: str, rubric: int = 0) -> str:
+        messages = self.constitution.render_pointwise(prompt, answer, critique=self.critique, rubric=rubric,
+                                                      examples=self.few_shot)
         prefix = chat.render(self.tokenizer, messages)
         return prefix if self.critique else prefix + self.score_prefix
 
     def __call__(self, items: list[tuple[str, str]]) -> list[dict]:
         """Per (prompt, answer): ``score`` (expected value), ``probs`` over the labels, ``label_mass``."""
-        texts = [self.text(p, a) for p, a in items]
-        logp, self.last_critiques = read_labels(self, texts, [p for p, _ in items], self.label_ids)
-        out = []
-        for row in logp.tolist():
-            score, probs = expected_score(row, self.rubric.values)
-            out.append({"score": score, "probs": probs, "label_mass": label_mass(row)})
-        return out
+        requests = list(dict.fromkeys(p for p, _ in items)) if self.calibrate else []
+        views = items + [(p, self.rubric.content_free) for p in requests]
+        scores, probs, mass = [[] for _ in items], [[] for _ in items], []
+        for r in range(self.rubrics):
+            texts = [self.text(p, a, r) for p, a in views]
+            logp, critiques = read_labels(self, texts, [p for p, _ in views], self.label_ids, self.prefix_stores[r])
+            rows = logp.tolist()
+            if r == 0:
+                self.last_critiques = critiques[: len(items)]
+                mass = [label_mass(row) for row in rows[: len(items)]]
+            free = dict(zip(requests, rows[len(items):]))
+            for k, (p, _) in enumerate(items):
+                row = calibrated(rows[k], free[p]) if self.calibrate else rows[k]
+                s, pr = expected_score(row, self.rubric.values)
+                scores[k].append(s)
+                probs[k].append(pr)
+        return [{"score": sum(s) / len(s), "probs": [sum(c) / len(c) for c in zip(*pr)], "label_mass": m}
+                for s, pr, m in zip(scores, probs, mass)]
 
 
-def read_labels(judge, texts: list[str], groups: list, label_ids: list[int]) -> tuple[torch.Tensor, list[str]]:
+def read_labels(judge, texts: list[str], groups: list, label_ids: list[int], store: PrefixStore | None = None,
+                ) -> tuple[torch.Tensor, list[str]]:
     """log P(label) at the end of each text (after a generated critique if the judge asks for one).
+
+    ``store``: the prefix store to use (default the judge's own).
 
     ``texts`` are views built with :func:`rlaif.chat.render`; a generated critique is model text, marked too.
     """
@@ -149,7 +199,7 @@ def read_labels(judge, texts: list[str], groups: list, label_ids: list[int]) -> 
     bar = tqdm(total=len(seqs), desc="judge", unit="view", leave=False)
     logp = last_logprobs(judge.model, seqs, label_ids, judge.batch_size, judge.tokenizer.pad_token_id,
                          groups=groups, prefix_cache=judge.prefix_cache, progress=bar.update,
-                         store=judge.prefix_store)
+                         store=store if store is not None else judge.prefix_store)
     bar.close()
     return logp, critiques
 
@@ -186,12 +236,15 @@ class NoJudge:
 
 
 def build_judge(cfg, model, tokenizer, constitution: Constitution):
-    """The judge a recipe's ``judge`` section asks for (mode, critique, prefix cache, batch size)."""
+    """The judge a recipe's ``judge`` section asks for (mode, critique, prefix cache, batch size; pointwise:
+    few-shot examples, rubric wordings, calibration)."""
     if cfg.mode == "none":
         return NoJudge()
-    cls = PointwiseJudge if cfg.mode == "pointwise" else ModelJudge
-    return cls(model, tokenizer, constitution, cfg.batch_size, prefix_cache=cfg.prefix_cache,
-               critique=cfg.critique, critique_tokens=cfg.critique_tokens)
+    common = dict(prefix_cache=cfg.prefix_cache, critique=cfg.critique, critique_tokens=cfg.critique_tokens)
+    if cfg.mode == "pointwise":
+        return PointwiseJudge(model, tokenizer, constitution, cfg.batch_size, **common, few_shot=cfg.few_shot,
+                              rubrics=cfg.rubrics, calibrate=cfg.calibrate)
+    return ModelJudge(model, tokenizer, constitution, cfg.batch_size, **common)
 
 
 def continuation_ids(tokenizer, prefix: str, labels) -> tuple[str, list[int]] | str:

@@ -72,6 +72,17 @@ def expected_score(logps: list[float], values: tuple[float, ...] | list[float]) 
     return sum(p * v for p, v in zip(probs, values)), probs
 
 
+def calibrated(logps: list[float], content_free: list[float]) -> list[float]:
+    """Contextual calibration (Zhao et al. 2021): the labels' log-probabilities minus a content-free answer's.
+
+    Renormalised over the labels (as :func:`expected_score` does), this is their W = diag(p_cf)^-1: a
+    content-free answer then scores uniformly. NaN where either side failed.
+    """
+    if not all(math.isfinite(x) for x in [*logps, *content_free]):
+        return [math.nan] * len(logps)
+    return [a - b for a, b in zip(logps, content_free)]
+
+
 def pointwise_p(score_i: float, score_j: float, lo: float, hi: float) -> float:
     """P(i better) from two expected scores: 0.5 + (s_i − s_j) / (2·(hi − lo)), in [0, 1].
 
