@@ -22,9 +22,10 @@ from rlaif import loop, memory
 from rlaif.config import apply_overrides, load_recipe, recipe_from_dict, reference_markdown
 from rlaif.distributed import is_main_process, quiet_other_processes
 from rlaif.errors import RlaifError
-from rlaif.evaluation.evaluate import evaluate_run, format_table
+from rlaif.evaluation.evaluate import evaluate_run
 from rlaif.pipeline import REDO_STAGES
 from rlaif.preflight import preflight
+from rlaif.reporting.fmt import format_table
 from rlaif.reporting.tracking import Tracker
 from rlaif.run import RunContext
 from rlaif.rundir import read_json

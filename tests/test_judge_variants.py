@@ -87,7 +87,7 @@ def test_few_shot_examples_are_in_the_cached_head_not_per_view(tiny):
 
 def test_few_shot_and_ensemble_and_calibration_match_the_uncached_path(tiny):
     model, tok = tiny
-    kw = dict(few_shot=2, rubrics=2, calibrate=True)
+    kw = {"few_shot": 2, "rubrics": 2, "calibrate": True}
     plain = PointwiseJudge(model, tok, CONST, 2, prefix_cache=False, **kw)(ITEMS)
     cached = PointwiseJudge(model, tok, CONST, 2, prefix_cache=True, **kw)(ITEMS)
     assert [c["score"] for c in cached] == pytest.approx([p["score"] for p in plain], abs=1e-4)

@@ -51,7 +51,6 @@ from rlaif.evaluation.metrics import (
 )
 from rlaif.judging.judges import build_judge
 from rlaif.judging.verdicts import judge_candidates
-from rlaif.reporting.fmt import MISSING, fmt
 from rlaif.run import RunContext, say
 from rlaif.rundir import read_json, read_jsonl, sha256_dir, write_json, write_jsonl
 from rlaif.seeds import derive_seed
@@ -380,34 +379,3 @@ def evaluate_round(ctx: RunContext, n: int) -> dict:
     out["judge"] = {"model": ev.cfg.judge_model, "mode": ev.cfg.judge_mode, **ev.judge_accuracy()}
     on_main(ctx.state, write_json, ctx.run.path(n, "eval.json"), out)
     return out
-
-
-def format_table(results: dict) -> str:
-    """The results as a plain-text table, one row per model."""
-
-    def ci(row, key):
-        if row.get(key) is None:
-            return MISSING
-        lo, hi = row[f"{key}_ci"]
-        return f"{fmt(row[key])} [{fmt(lo)}, {fmt(hi)}]"
-
-    j = results["judge"]
-    acc = f"judge acc {fmt(j.get('accuracy'))}"  # how far a win-rate can be trusted: the judge's own accuracy
-    head = ["model", f"win vs base [95% CI] ({acc})", f"win vs prev [95% CI] ({acc})", "IF prompts", "IF constraints",
-            "IF gain vs base [paired 95% CI]", "distinct-2", "self-sim", "tokens (sd)", "truncated", "KL"]
-    lines = [head]
-    for r in results["models"]:
-        lines.append([r["name"], ci(r, "win_rate_vs_base"), ci(r, "win_rate_vs_previous"),
-                      fmt(r["if_prompt_accuracy"]), fmt(r["if_constraint_accuracy"]),
-                      ci(r, "if_constraint_gain_vs_base"), fmt(r["distinct_2"]),
-                      fmt(r["self_similarity"]), f"{fmt(r['mean_tokens'], '.1f')} ({fmt(r['std_tokens'], '.1f')})",
-                      fmt(r["truncated_share"]), fmt(r["kl_to_base"], ".3f")])
-    widths = [max(len(row[c]) for row in lines) for c in range(len(head))]
-    text = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in lines]
-    text.insert(1, "-+-".join("-" * w for w in widths))
-    text.append(f"{results['heldout_prompts']} held-out prompts x{results['samples']} samples, "
-                f"{results['instruction_prompts']} instruction prompts x{results.get('instruction_samples', 1)}, judge: {j['model']} ({j['mode']}"
-                + (", both orders" if j["mode"] == "pairwise" else "") + "), "
-                f"accuracy {fmt(j.get('accuracy'))} on {j.get('pairs', MISSING)} labelled pairs ({j.get('set', MISSING)}); "
-                "a frozen base judge may also favour the base's own style of answer")
-    return "\n".join(text)

@@ -240,7 +240,7 @@ def build_judge(cfg, model, tokenizer, constitution: Constitution):
     few-shot examples, rubric wordings, calibration)."""
     if cfg.mode == "none":
         return NoJudge()
-    common = dict(prefix_cache=cfg.prefix_cache, critique=cfg.critique, critique_tokens=cfg.critique_tokens)
+    common = {"prefix_cache": cfg.prefix_cache, "critique": cfg.critique, "critique_tokens": cfg.critique_tokens}
     if cfg.mode == "pointwise":
         return PointwiseJudge(model, tokenizer, constitution, cfg.batch_size, **common, few_shot=cfg.few_shot,
                               rubrics=cfg.rubrics, calibrate=cfg.calibrate)
