@@ -66,7 +66,7 @@ def round_metrics(run: Path) -> list[dict]:
     for rd in sorted(run.glob("round_*")):
         m = json.loads((rd / "metrics.json").read_text()) if (rd / "metrics.json").is_file() else {}
         out.append({"round": int(rd.name.split("_")[1]),
-                    "pairs": m.get("pairs", {}).get("pairs"),
+                    "pairs": m.get("pairs", {}).get("kept"),
                     "verifier_agreement": m.get("judge", {}).get("verifier_agreement"),
                     "decided_by_verifier": m.get("judge", {}).get("decided_by_verifier"),
                     "constraints_met_share": m.get("judge", {}).get("constraints_met_share"),
