@@ -36,7 +36,10 @@ import sys
 import time
 from pathlib import Path
 
+from rlaif.hardware import cpu_flags
+
 REPO = Path(__file__).resolve().parents[1]
+BF16_FLAGS = {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}  # what decides the dtype
 ARMS = {
     "both": [],
     "judge": ["judge.verifier_weight=0"],
@@ -129,7 +132,7 @@ def main() -> None:
         sys.exit(f"error: unknown arm(s) {unknown}; choose from {list(ARMS)}")
     root = Path(args.root)
     results = {"recipe": args.recipe, "overrides": args.overrides, "threads": args.threads,
-               "cpu_flags": cpu_flags(), "arms": {}}
+               "cpu_flags": sorted(cpu_flags() & BF16_FLAGS), "arms": {}}
     first = None
     for arm in arms:
         run = root / arm
@@ -160,15 +163,6 @@ def main() -> None:
     for arm, r in results["arms"].items():
         print(f"{arm}: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in r["checks"].items()))
     print(f"written: {args.out}")
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))
 
 
 if __name__ == "__main__":
