@@ -16,6 +16,11 @@ their mass reaches ``top_p``, at least one), computed from the ``first`` most pr
 where they hold the nucleus, which is a partial sort, and by a full sort in the other rows. On a 49k vocabulary the full
 sort was the largest cost of a sampling step on the CPU after the matrix products.
 
+:class:`LogprobTap` sums, per row, the log-probability of each drawn token under the scores it is placed
+after (the repetition penalty and temperature, before top-k/top-p: the KL estimate's distribution, see
+:mod:`rlaif.stages.generate`), so the sampled sequences come out of ``generate`` already scored by the model
+that drew them, without a second forward pass over them.
+
 What stays shared: the batch's padding can move a logit in its last bits (a different matrix shape),
 which changes a sample only where a uniform number falls within that rounding of a boundary.
 """
@@ -52,9 +57,10 @@ class RowSampler(LogitsProcessor):
     are 0 at the drawn token and -inf elsewhere.
     """
 
-    def __init__(self, seeds: list[int]):
+    def __init__(self, seeds: list[int], tap: "LogprobTap | None" = None):
         self.seeds = list(seeds)
         self.generators: list[torch.Generator] | None = None
+        self.tap = tap
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[0] != len(self.seeds):
@@ -65,5 +71,35 @@ class RowSampler(LogitsProcessor):
         cdf = scores.double().softmax(-1).cumsum(-1)
         # the first token whose cumulative mass exceeds u: never one of probability 0 (the cdf is flat there)
         drawn = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).clamp(max=scores.shape[-1] - 1)
+        if self.tap is not None:
+            self.tap.add(drawn.squeeze(-1))
         out = torch.full_like(scores, -float("inf"))
         return out.scatter(-1, drawn, 0.0)
+
+
+class LogprobTap(LogitsProcessor):
+    """Records ``log_softmax(scores)`` where it stands in the processors; :class:`RowSampler` hands it each
+    step's drawn tokens, and ``totals[r]`` sums row r's log-probabilities of them up to and including its
+    first stop token (after which ``generate`` only pads the row, so nothing more counts)."""
+
+    def __init__(self, stop_ids: set[int]):
+        self.stop = torch.tensor(sorted(stop_ids), dtype=torch.long)
+        self.logp: torch.Tensor | None = None
+        self.totals: torch.Tensor | None = None
+        self.done: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.logp = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def add(self, drawn: torch.LongTensor) -> None:
+        if self.logp is None:
+            raise RuntimeError("LogprobTap: a token was drawn before the tap saw the step's scores")
+        if self.totals is None:
+            self.totals = torch.zeros(drawn.shape[0], dtype=torch.float64)
+            self.done = torch.zeros(drawn.shape[0], dtype=torch.bool)
+        drawn = drawn.cpu()
+        step = self.logp.gather(-1, drawn.to(self.logp.device).unsqueeze(-1)).squeeze(-1).double().cpu()
+        self.totals += torch.where(self.done, 0.0, step)
+        self.done |= torch.isin(drawn, self.stop)
+        self.logp = None

@@ -46,6 +46,17 @@ def test_win_rate_counts_ties_as_half_and_brackets_the_estimate():
     assert rate == lo == hi == 1.0
 
 
+def test_win_rate_bootstraps_whole_prompts():
+    # 20 prompts x 5 samples; a prompt's samples all win or all lose: 20 draws of evidence, not 100
+    ps = [0.9 if i % 2 else 0.1 for i in range(20) for _ in range(5)]
+    groups = [i for i in range(20) for _ in range(5)]
+    rate, (lo, hi) = win_rate(ps, resamples=2000, seed=0, groups=groups)
+    _, (flo, fhi) = win_rate(ps, resamples=2000, seed=0)
+    assert rate == pytest.approx(0.5)
+    assert hi - lo > 1.8 * (fhi - flo)  # about sqrt(5) wider
+    assert lo < 0.33 and hi > 0.67
+
+
 def test_paired_constraint_gain_is_paired_and_weights_constraints():
     # 40 prompts of mixed difficulty: easy ones (both meet everything), hard ones (neither meets anything);
     # the model gains one constraint on 4 prompts of 2 constraints each: +4/80 = +0.05 of all constraints
@@ -144,7 +155,8 @@ def test_each_round_is_evaluated_against_base_and_previous(evaluated_run):
     trained = {p["id"] for n in (1, 2) for p in read_jsonl(out / f"round_{n:03d}/prompts.jsonl")}
     assert len(heldout) == 6 and not heldout & trained, "evaluation prompts are never training prompts"
     h2h = read_jsonl(out / "eval/comparisons/round_002_vs_round_001.jsonl")
-    assert len(h2h) == 6
+    assert len(h2h) == 12  # every sample: 6 prompts x 2 samples, sample i against sample i
+    assert sorted((c["prompt_id"], c["sample"]) for c in h2h) == sorted((p, i) for p in heldout for i in (0, 1))
     for c in h2h:  # both orders judged; p is P(round 2 wins) averaged over them
         assert c["p"] == pytest.approx((c["p_a_ij"] + 1 - c["p_a_ji"]) / 2)
     assert read_json(out / "result.json") == {

@@ -91,6 +91,9 @@ def test_kl_estimate_and_sequence_logprobs_against_enumeration(models, top_k):
         "no EOS appended to a cut-off sample"
     assert {tuple(x) for x in ids} <= set(sampler)
 
+    folded = [r["logp"] for r in rows]  # summed while sampling (LogprobTap), no second forward pass
+    assert folded[:200] == pytest.approx([full_pol[tuple(x)] for x in ids[:200]], abs=1e-4)
+    assert any(not r["truncated"] for r in rows[:200]) and any(r["truncated"] for r in rows[:200])
     lp_pol = sample_logprobs(policy, tok, [PROMPT] * len(ids), ids, cfg, batch_size=256)
     lp_base = sample_logprobs(base, tok, [PROMPT] * len(ids), ids, cfg, batch_size=256)
     for x, a, b in list(zip(ids, lp_pol, lp_base))[:50]:
@@ -128,3 +131,19 @@ def test_scored_logprobs_equal_the_processed_scores_generate_sampled_from(tiny_m
     got = sequence_logprobs(model, prompt_ids, [r["token_ids"] for r in rows], cfg, batch_size=4,
                             truncate=True)
     assert got == pytest.approx(truth, abs=1e-5)
+
+
+def test_logprobs_summed_while_sampling_equal_a_second_forward_pass(tiny_model):
+    """The generate stage's policy log-probabilities come from generation's own scores: the same numbers as
+    scoring the sampled ids again (no top-k/top-p cut), with left padding, a shared prefill and early stops."""
+    model, tok = load_model(tiny_model), load_tokenizer(tiny_model)
+    cfg = GenerateConfig(num_candidates=3, max_new_tokens=6, batch_size=2, temperature=0.8, top_k=50, top_p=0.9,
+                         repetition_penalty=1.3)
+    prompts = [{"id": "a", "prompt": "Say hello."}, {"id": "b", "prompt": "Explain rain to a child in one sentence please."},
+               {"id": "c", "prompt": "Name a colour."}]
+    rows = generate_candidates(model, tok, prompts, cfg, seed=5)
+    prompt_ids = [chat.prompt_ids(tok, p["prompt"]) for p in prompts for _ in range(cfg.num_candidates)]
+    again = sequence_logprobs(model, prompt_ids, [r["token_ids"] for r in rows], cfg, batch_size=5, truncate=False)
+    assert [r["logp"] for r in rows] == pytest.approx(again, abs=1e-4)
+    cut = sequence_logprobs(model, prompt_ids, [r["token_ids"] for r in rows], cfg, batch_size=5, truncate=True)
+    assert max(abs(a - b) for a, b in zip(cut, again)) > 1e-3, "the cut must matter here, or the test shows nothing"

@@ -4,7 +4,8 @@ For the base model and each round's adapter, on the held-out split of the prompt
 
 - **win-rate** against the base and against the previous round, judged by a judge that does not
   move (``eval.judge_model``: the frozen base by default), every head-to-head in both orders
-  (pairwise), with a 95% bootstrap interval over prompts;
+  (pairwise), each of a prompt's ``eval.samples`` answers against the other model's answer of the same
+  index, with a 95% bootstrap interval over prompts;
 - **verifiable instruction following** on rlaif's checker set (:mod:`rlaif.evaluation.checks`): the share of
   prompts with every constraint met and the share of constraints met;
 - **collapse signals** (Shumailov et al. 2024): distinct-1/2 over all samples, self-similarity
@@ -26,7 +27,7 @@ were already evaluated only re-reads files, and a redone round is evaluated afre
 
     RUN/eval/responses/<model>.jsonl         held-out and instruction responses, log-probs, constraints met
     RUN/eval/responses/<model>.meta.json     adapter, its sha256, the settings fingerprint
-    RUN/eval/comparisons/<a>_vs_<b>.jsonl    per held-out prompt: both orders' P(A), p = P(a beats b)
+    RUN/eval/comparisons/<a>_vs_<b>.jsonl    per held-out prompt and sample: both orders' P(A), p = P(a beats b)
     RUN/eval/results.json                    one row of metrics per model (the table `rlaif eval` prints)
 """
 
@@ -187,10 +188,13 @@ class Evaluator:
         heldout = [r for r in rows if r["set"] == "heldout"]  # the KL estimate's samples
         args = (self.ctx, [text_of[r["prompt_id"]] for r in heldout], [r["token_ids"] for r in heldout],
                 self._gen_cfg(self.cfg.samples))
-        own = sample_logprobs_split(model, *args)
+        scored = all("logp" in r for r in heldout)  # generation scored its own samples
+        own = [r["logp"] for r in heldout] if scored else sample_logprobs_split(model, *args)
         base = sample_logprobs_split(self.base, *args) if m.adapter else own
         for r, lp, lb in zip(heldout, own, base):
             r["logp_model"], r["logp_base"] = lp, lb
+        for r in rows:
+            r.pop("logp", None)
         constraints = {p["id"]: p["constraints"] for p in self.instructions}
         for r in rows:
             r["prompt"] = text_of[r["prompt_id"]]
@@ -241,25 +245,31 @@ class Evaluator:
         return out
 
     def compare(self, a: Model, b: Model) -> list[dict]:
-        """Per held-out prompt: P(a's first sample beats b's), both orders (cached)."""
-        ra, rb = (self._first_samples(self.responses(m)) for m in (a, b))
+        """Per held-out prompt and sample i: P(a's i-th sample beats b's i-th), both orders (cached).
+
+        Every sample takes part (``eval.samples`` head-to-heads a prompt, not one): the win-rate's interval
+        is the bootstrap over prompts (:func:`rlaif.evaluation.metrics.win_rate` with the prompt as group).
+        """
+        ra, rb = (self._samples(self.responses(m)) for m in (a, b))
         key = fingerprint({"a": self._response_key(a), "b": self._response_key(b), "judge": self.cfg.judge_model,
-                           "mode": self.cfg.judge_mode, "judge_cfg": self.recipe.judge.model_dump()})
+                           "mode": self.cfg.judge_mode, "judge_cfg": self.recipe.judge.model_dump(),
+                           "pairing": "every sample"})
         path = self.root / "comparisons" / f"{a.name}_vs_{b.name}.jsonl"
         meta_path = path.with_suffix(".meta.json")
         if path.is_file() and meta_path.is_file() and read_json(meta_path).get("key") == key:
             return read_jsonl(path)
-        say(f"eval: judging {a.name} vs {b.name} on {len(self.heldout)} held-out prompts")
-        candidates = []
-        for p in self.heldout:
-            for idx, side in enumerate((ra, rb)):
-                r = side[p["id"]]
-                candidates.append({"prompt_id": p["id"], "candidate": idx, "text": r["text"]})
-        mine = split(self.ctx.state, self.heldout)  # whole prompts: a head-to-head stays on one process
+        heads = [{"id": f"{p['id']}#{i}", "prompt": p["prompt"], "prompt_id": p["id"], "sample": i}
+                 for p in self.heldout for i in range(min(len(ra[p["id"]]), len(rb[p["id"]])))]
+        say(f"eval: judging {a.name} vs {b.name}: {len(heads)} head-to-heads on {len(self.heldout)} held-out prompts")
+        candidates = [{"prompt_id": h["id"], "candidate": idx, "text": side[h["prompt_id"]][h["sample"]]["text"]}
+                      for h in heads for idx, side in enumerate((ra, rb))]
+        mine = split(self.ctx.state, heads)  # whole head-to-heads: both answers stay on one process
         verdicts = gather(self.ctx.state, judge_candidates(self.judge, self.ctx.constitution, mine, candidates, "all",
                                                            self.recipe.run.seed))
-        rows = [{"prompt_id": v["prompt_id"], "p_a_ij": v["p_a_ij"], "p_a_ji": v["p_a_ji"], "p": v["p_i"],
-                 "agree": v["agree"], **({"score_a": v["score_i"], "score_b": v["score_j"]} if "score_i" in v else {})}
+        of = {h["id"]: h for h in heads}
+        rows = [{"prompt_id": of[v["prompt_id"]]["prompt_id"], "sample": of[v["prompt_id"]]["sample"],
+                 "p_a_ij": v["p_a_ij"], "p_a_ji": v["p_a_ji"], "p": v["p_i"], "agree": v["agree"],
+                 **({"score_a": v["score_i"], "score_b": v["score_j"]} if "score_i" in v else {})}
                 for v in verdicts]
         on_main(self.ctx.state, _write_cached, path, rows, meta_path, {"key": key})
         return rows
@@ -268,11 +278,12 @@ class Evaluator:
         return read_json(self._response_paths(m)[1])
 
     @staticmethod
-    def _first_samples(rows: list[dict]) -> dict[str, dict]:
-        out = {}
+    def _samples(rows: list[dict]) -> dict[str, list[dict]]:
+        """Held-out answers by prompt, in sample order."""
+        out: dict[str, list[dict]] = {}
         for r in rows:
-            if r["set"] == "heldout" and r["prompt_id"] not in out:
-                out[r["prompt_id"]] = r
+            if r["set"] == "heldout":
+                out.setdefault(r["prompt_id"], []).append(r)
         return out
 
     # -- one model's row of the table
@@ -285,8 +296,9 @@ class Evaluator:
             if other is None:
                 row[f"win_rate_vs_{label}"], row[f"win_rate_vs_{label}_ci"] = None, None
                 continue
-            ps = [c["p"] for c in self.compare(m, other)]
-            rate, ci = win_rate(ps, self.cfg.bootstrap, self.recipe.run.seed)
+            heads = self.compare(m, other)
+            ps = [c["p"] for c in heads]
+            rate, ci = win_rate(ps, self.cfg.bootstrap, self.recipe.run.seed, groups=[c["prompt_id"] for c in heads])
             row[f"win_rate_vs_{label}"], row[f"win_rate_vs_{label}_ci"] = rate, ci
             row[f"p_vs_{label}_mean"] = _nanmean(ps)
         if prev is not None:

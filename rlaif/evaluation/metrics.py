@@ -43,13 +43,25 @@ def self_similarity(groups: list[list[str]]) -> float:
     return statistics.fmean(sims) if sims else math.nan
 
 
-def win_rate(ps: list[float], resamples: int, seed: int) -> tuple[float, list[float]]:
-    """Share of head-to-heads won (p > 0.5; a tie or failed verdict is half), and its 95% bootstrap interval."""
+def win_rate(ps: list[float], resamples: int, seed: int, groups: list | None = None) -> tuple[float, list[float]]:
+    """Share of head-to-heads won (p > 0.5; a tie or failed verdict is half), and its 95% bootstrap interval.
+
+    ``groups`` (one label per head-to-head, e.g. its prompt): the bootstrap resamples whole groups, so several
+    samples of one prompt count as one draw of a prompt, not as independent evidence.
+    """
     wins = [0.5 if math.isnan(p) or p == 0.5 else float(p > 0.5) for p in ps]
     if not wins:
         return math.nan, [math.nan, math.nan]
+    by: dict = {}
+    for g, w in zip(groups if groups is not None else range(len(wins)), wins):
+        by.setdefault(g, []).append(w)
+    units = [(sum(v), len(v)) for v in by.values()]
     rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(wins, k=len(wins))) for _ in range(resamples))
+    means = []
+    for _ in range(resamples):
+        draw = rng.choices(units, k=len(units))
+        means.append(sum(s for s, _ in draw) / sum(n for _, n in draw))
+    means.sort()
     return statistics.fmean(wins), [means[int(0.025 * (resamples - 1))], means[int(0.975 * (resamples - 1))]]
 
 

@@ -5,9 +5,11 @@ gets its characters, never the token), batched with left padding and attention m
 is sampled from its own random stream, seeded from (run seed, round, prompt id, candidate index)
 (:mod:`rlaif.sampling`), so a redone stage reproduces the same samples, and neither the batch size nor
 the number of processes the prompts are split across changes them (with several processes each
-generates a contiguous share of the prompts). Each candidate keeps the token ids it was sampled as (``token_ids``, ending with the stop token only when
-the sample really stopped), and the summed log-probability of those ids under the policy and under
-the adapter-off base (:func:`sample_logprobs`): their difference, averaged, is a Monte-Carlo estimate
+generates a contiguous share of the prompts). Each candidate keeps the token ids it was sampled as
+(``token_ids``, ending with the stop token only when the sample really stopped), and the summed
+log-probability of those ids under the policy (summed while sampling, from the scores generation computed:
+:class:`rlaif.sampling.LogprobTap`) and under the adapter-off base (a forward pass over them,
+:func:`sample_logprobs`; from round 2 on): their difference, averaged, is a Monte-Carlo estimate
 of KL(policy ‖ base) on the policy's own samples, and it is the evidence that a round's candidates
 came from the previous round's adapter.
 
@@ -46,7 +48,7 @@ from rlaif.config import GenerateConfig
 from rlaif.distributed import gather, rank_log, share, split
 from rlaif.run import RunContext, say
 from rlaif.rundir import read_jsonl, sha256_dir, write_jsonl
-from rlaif.sampling import RowSampler, TopP
+from rlaif.sampling import LogprobTap, RowSampler, TopP
 from rlaif.seeds import derive_seed
 
 
@@ -95,7 +97,12 @@ def shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor, k: int):
 
 @torch.no_grad()
 def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConfig, seed: int) -> list[dict]:
-    """Rows ``{prompt_id, candidate, text, num_tokens, truncated, token_ids}``, K per prompt, in prompt order."""
+    """Rows ``{prompt_id, candidate, text, num_tokens, truncated, token_ids, logp}``, K per prompt, in prompt order.
+
+    ``logp`` is the summed log-probability of ``token_ids`` under ``model`` at the sampling temperature and
+    repetition penalty, without the top-k/top-p cut (what :func:`sample_logprobs` computes with a second
+    forward pass), taken from the scores generation already computed (:class:`rlaif.sampling.LogprobTap`).
+    """
     stop = eos_ids(model, tokenizer)
     rows = []
     bar = tqdm(total=len(prompts) * cfg.num_candidates, desc="generate", unit="cand")
@@ -104,13 +111,16 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
         ids, mask, pads = left_pad([chat.prompt_ids(tokenizer, p["prompt"]) for p in batch], tokenizer.pad_token_id, model.device)
         k = cfg.num_candidates
         seeds = [derive_seed(seed, "generate", p["id"], c) for p in batch for c in range(k)]
+        processors = sampling_processors(cfg, pads.repeat_interleave(k))
+        tap = LogprobTap(stop)  # after the penalty and temperature, before top-k/top-p: the KL's distribution
+        processors.insert(len(sampling_processors(cfg, pads, truncate=False)), tap)
         out = model.generate(
             input_ids=ids.repeat_interleave(k, dim=0),
             attention_mask=mask.repeat_interleave(k, dim=0),
             cache=shared_prefill(model, ids, mask, k),
             do_sample=False,  # RowSampler draws: greedy decoding takes the token it drew
             repetition_penalty=1.0,  # in the processors below (greedy decoding applies no warpers of its own)
-            logits_processor=LogitsProcessorList([*sampling_processors(cfg, pads.repeat_interleave(k)), RowSampler(seeds)]),
+            logits_processor=LogitsProcessorList([*processors, RowSampler(seeds, tap)]),
             max_new_tokens=cfg.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=sorted(stop),
@@ -128,6 +138,7 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
                     "num_tokens": len(kept),
                     "truncated": end is None,
                     "token_ids": tokens if end is None else tokens[: end + 1],  # as sampled: the stop token if any
+                    "logp": tap.totals[s].item(),  # of token_ids, under the model that drew them (no top-k/top-p cut)
                 }
             )
         bar.update(len(new))
@@ -189,7 +200,7 @@ def run(ctx: RunContext, n: int) -> dict:
     rows = gather(ctx.state, generate_candidates(model, ctx.tokenizer, mine, ctx.recipe.generate, ctx.seed(n, "generate")))
     text_of = {p["id"]: p["prompt"] for p in prompts}
     args = (ctx, [text_of[r["prompt_id"]] for r in rows], [r["token_ids"] for r in rows], ctx.recipe.generate)
-    policy = sample_logprobs_split(model, *args)
+    policy = [r.pop("logp") for r in rows]  # scored while sampling, by the policy that drew them
     base = sample_logprobs_split(ctx.load_base(), *args) if adapter else policy
     for row, lp, lb in zip(rows, policy, base):
         row["logp_policy"], row["logp_base"] = lp, lb
