@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from transformers import StaticCache
 
 from rlaif import chat
 from rlaif.config import GenerateConfig
@@ -62,7 +63,7 @@ def test_each_prompt_is_prefilled_once_for_its_k_samples(tiny, monkeypatch):
     """The prompts run through the model once, not K times, and the samples are those of the plain path
     (the prompts repeated K times, each prefilled K times): each candidate draws from its own stream."""
     model, tok = tiny
-    fed = []
+    fed, prefill = [], generate.shared_prefill
     hook = model.register_forward_pre_hook(lambda m, a, kw: fed.append(kw["input_ids"].numel()), with_kwargs=True)
     cfg = GenerateConfig(num_candidates=3, max_new_tokens=5, batch_size=2, temperature=1.0)
     try:
@@ -78,6 +79,12 @@ def test_each_prompt_is_prefilled_once_for_its_k_samples(tiny, monkeypatch):
     assert fed[0] == 3 * 2 * width, "the plain path prefills every prompt K times"
     assert sum(shared) == sum(fed) - (3 - 1) * 2 * (width - 1), "decoding is the same; K-1 prefills are saved"
     assert [r["token_ids"] for r in rows] == [r["token_ids"] for r in plain]
+    assert [r["logp"] for r in rows] == pytest.approx([r["logp"] for r in plain], abs=1e-4)
+    ids, mask, _ = chat.left_pad([chat.prompt_ids(tok, p["prompt"]) for p in PROMPTS], tok.pad_token_id, model.device)
+    cache = prefill(model, ids, mask, 3, 5)
+    assert isinstance(cache, StaticCache), "preallocated: no concatenation per decoding step"
+    assert cache.get_seq_length() == width - 1 and cache.layers[0].keys.shape[0] == 3 * 2
+    assert cache.layers[0].keys.shape[2] == width + 5  # room for the last prompt token and every new one
 
 
 def test_sample_logprobs_are_padding_invariant(tiny):
@@ -133,3 +140,15 @@ def test_multi_token_label_is_rejected(tiny):
     )
     with pytest.raises(RlaifError, match="mine.yaml: label 'Zqxjv' is not a single token"):
         label_token_ids(tok, c)
+
+
+def test_models_with_other_layer_types_keep_their_own_cache_shared(tiny, monkeypatch):
+    """Sliding-window or recurrent layers: the prefilled cache of their own type, repeated K times; same samples."""
+    model, tok = tiny
+    cfg = GenerateConfig(num_candidates=3, max_new_tokens=5, batch_size=2, temperature=1.0)
+    static = generate_candidates(model, tok, PROMPTS, cfg, seed=5)
+    monkeypatch.setattr(generate, "_plain_attention", lambda m: False)
+    ids, mask, _ = chat.left_pad([chat.prompt_ids(tok, p["prompt"]) for p in PROMPTS], tok.pad_token_id, model.device)
+    assert not isinstance(generate.shared_prefill(model, ids, mask, 3, 5), StaticCache)
+    own = generate_candidates(model, tok, PROMPTS, cfg, seed=5)
+    assert [r["token_ids"] for r in own] == [r["token_ids"] for r in static]
