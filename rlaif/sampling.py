@@ -5,7 +5,10 @@ candidate depends on the batch it was sampled in: which prompts came before it, 
 with several processes, which process drew it. :class:`RowSampler` gives each row its own
 ``torch.Generator`` (seeded from the run seed, the prompt id and the candidate index; on the CPU
 whatever the model's device) and draws one uniform number a row and step: the token is where it falls
-in the cumulative distribution of ``softmax(scores)`` (inverse-CDF sampling, an exact draw). Put last
+in the cumulative distribution of ``softmax(scores)`` (inverse-CDF sampling, an exact draw). Right after
+a :class:`TopP` (``nucleus=``), it takes the cumulative distribution over the nucleus TopP already found,
+most probable first, instead of over the whole vocabulary in vocabulary order: the same distribution,
+without a softmax and a cumulative sum over 49k entries per row and step. Put last
 in a greedy ``generate``'s processors (``do_sample=False``), after the repetition penalty, temperature,
 top-k and top-p (:func:`rlaif.stages.generate.sampling_processors`), it hands greedy decoding a score
 vector whose maximum is the drawn token, so generation samples from the same distribution as
@@ -46,6 +49,7 @@ class TopP(LogitsProcessor):
         wide = top.sum(-1) < self.top_p  # rows whose nucleus reaches beyond the first k: a full sort
         if bool(wide.any()):
             out[wide] = self.full(None if input_ids is None else input_ids[wide], scores[wide])
+        self.nucleus = (out, idx, keep, wide)  # for a RowSampler right after: it draws among these tokens
         return out
 
 
@@ -57,10 +61,10 @@ class RowSampler(LogitsProcessor):
     are 0 at the drawn token and -inf elsewhere.
     """
 
-    def __init__(self, seeds: list[int], tap: "LogprobTap | None" = None):
+    def __init__(self, seeds: list[int], tap: "LogprobTap | None" = None, nucleus: TopP | None = None):
         self.seeds = list(seeds)
         self.generators: list[torch.Generator] | None = None
-        self.tap = tap
+        self.tap, self.nucleus = tap, nucleus
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[0] != len(self.seeds):
@@ -68,13 +72,25 @@ class RowSampler(LogitsProcessor):
         if self.generators is None:
             self.generators = [torch.Generator().manual_seed(s) for s in self.seeds]
         u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators]).to(scores.device)
-        cdf = scores.double().softmax(-1).cumsum(-1)
-        # the first token whose cumulative mass exceeds u: never one of probability 0 (the cdf is flat there)
-        drawn = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).clamp(max=scores.shape[-1] - 1)
+        last = getattr(self.nucleus, "nucleus", None)
+        if last is not None and last[0] is scores:  # the TopP right before: draw among its first tokens
+            _, idx, keep, wide = last
+            drawn = idx.gather(-1, self._draw(scores.gather(-1, idx).masked_fill(~keep, -float("inf")), u))
+            if bool(wide.any()):  # nucleus wider than its first tokens: over the whole vocabulary
+                drawn[wide] = self._draw(scores[wide], u[wide])
+        else:
+            drawn = self._draw(scores, u)
         if self.tap is not None:
             self.tap.add(drawn.squeeze(-1))
         out = torch.full_like(scores, -float("inf"))
         return out.scatter(-1, drawn, 0.0)
+
+    @staticmethod
+    def _draw(scores: torch.Tensor, u: torch.Tensor) -> torch.LongTensor:
+        """Column of each row's draw: the first whose cumulative mass exceeds u (never one of probability 0,
+        where the cdf is flat)."""
+        cdf = scores.double().softmax(-1).cumsum(-1)
+        return torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).clamp(max=scores.shape[-1] - 1)
 
 
 class LogprobTap(LogitsProcessor):

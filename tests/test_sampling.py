@@ -53,3 +53,24 @@ def test_top_p_mixes_the_partial_and_the_full_sort_row_by_row():
     assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
     kept = (~torch.isinf(ours)).sum(-1)
     assert (kept[:3] < 64).all() and (kept[3:] > 64).all()  # both paths ran
+
+
+@pytest.mark.parametrize("peaked", [True, False])
+def test_row_sampler_after_top_p_draws_from_the_nucleus(peaked, monkeypatch):
+    """Right after a TopP, the sampler draws among the tokens TopP kept (its first tokens, or the whole
+    vocabulary for a nucleus wider than them), with their renormalised probabilities."""
+    logits = torch.randn(300, generator=torch.Generator().manual_seed(2)) * (3.0 if peaked else 0.05)
+    n = 4000
+    scores = logits.expand(n, 300).clone()
+    topp = TopP(0.8, first=32)
+    nucleus = topp(None, scores)
+    probs = nucleus[0].softmax(-1)  # transformers' nucleus, renormalised: the distribution to draw from
+    widths = []
+    draw = RowSampler._draw
+    monkeypatch.setattr(RowSampler, "_draw", staticmethod(lambda s, u: widths.append(s.shape[-1]) or draw(s, u)))
+    drawn = RowSampler(list(range(n)), nucleus=topp)(None, nucleus).argmax(-1)
+    assert widths[0] == 32 and (len(widths) == 2) != peaked, "the first tokens; the full vocabulary only when wider"
+    freq = torch.bincount(drawn, minlength=300).double() / n
+    assert freq[probs == 0].sum() == 0, "never a token outside the nucleus"
+    for f, p in zip(freq.tolist(), probs.tolist()):
+        assert abs(f - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-9

@@ -79,6 +79,11 @@ def sampling_processors(cfg: GenerateConfig, pads: torch.Tensor | None = None, t
     return out
 
 
+def _top_p(processors: LogitsProcessorList) -> TopP | None:
+    """The nucleus processor when it is the last one (the sampler after it can draw among its tokens)."""
+    return processors[-1] if processors and isinstance(processors[-1], TopP) else None
+
+
 def shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor, k: int, max_new_tokens: int):
     """The key/value cache of every prompt but its last token, computed once and repeated for its K samples,
     in a static cache (preallocated for the whole generation).
@@ -136,7 +141,7 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
             cache=shared_prefill(model, ids, mask, k, cfg.max_new_tokens),
             do_sample=False,  # RowSampler draws: greedy decoding takes the token it drew
             repetition_penalty=1.0,  # in the processors below (greedy decoding applies no warpers of its own)
-            logits_processor=LogitsProcessorList([*processors, RowSampler(seeds, tap)]),
+            logits_processor=LogitsProcessorList([*processors, RowSampler(seeds, tap, nucleus=_top_p(processors))]),
             max_new_tokens=cfg.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=sorted(stop),
