@@ -16,8 +16,9 @@ Prints, from one run, generated tokens per second of
 
 and the ratios stage/plain and stage/llama.cpp. A token is a generated token before the end of turn,
 counted alike for all three. stage and plain take turns ``--repeats`` times, so other load falls on
-both alike; times are wall-clock, with the process's CPU-seconds beside them. The stage's log-prob pass
-(the KL estimate's, over the candidates) is timed on its own: it is part of the stage, not of generation.
+both alike; times are wall-clock, with the process's CPU-seconds beside them. The stage's figure includes
+scoring its samples under the policy (summed while sampling, for the KL estimate). The log-prob pass the
+stage still runs from round 2 on (the same samples under the adapter-off base) is timed on its own.
 The CPU's flags that decide bf16 are printed with the figures.
 """
 
@@ -120,14 +121,14 @@ def main() -> int:
                         "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
                         "dtype": ctx.dtype_name, "torch_threads": threads, "cpu_flags": flags,
                         "load_average": os.getloadavg()},
-           "runs": runs, "tokens_per_s": rate, "stage_logprob_pass_s": lp_wall,
+           "runs": runs, "tokens_per_s": rate, "base_logprob_pass_s": lp_wall,
            "stage_over_plain": rate["stage"] / rate["plain"],
            "stage_over_llama_cpp": rate["stage"] / rate["llama.cpp"] if "llama.cpp" in rate else llama}
     for k, v in rate.items():
         print(f"{k:>10}: {v:7.1f} tokens/s")
     print(f"stage / plain: {out['stage_over_plain']:.2f}x; stage / llama.cpp: "
           + (f"{out['stage_over_llama_cpp']:.2f}x" if "llama.cpp" in rate else llama))
-    print(f"the stage's log-prob pass over its {len(rows)} candidates: {lp_wall:.1f}s (once per model scored)")
+    print(f"a log-prob pass over the {len(rows)} candidates (the base's, from round 2 on): {lp_wall:.1f}s")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     return 0
