@@ -292,7 +292,7 @@ class EvalConfig(Section):
     heldout_prompts: Int = _f(
         32, "Held-out prompts (never trained on) answered by each evaluated model; 0 = all of the split.", ge=0
     )
-    samples: Int = _f(2, "Samples per held-out prompt (the first is judged; all of them measure diversity).", ge=1)
+    samples: Int = _f(2, "Samples per held-out prompt (each judged against the other model's sample of the same index; all of them measure diversity).", ge=1)
     instructions: str = _f(
         "bundled",
         "Verifiable-instruction prompts: `bundled` (rlaif's checker set), a JSONL path, or `none`.",
