@@ -72,7 +72,7 @@ def test_eval_on_the_bundled_model_follows_some_instructions(tmp_path, capsys):
     assert base["if_constraint_accuracy"] > 0, "SmolLM2-Instruct meets some constraints (e.g. a word limit)"
     assert base["distinct_2"] > 0.5 and base["self_similarity"] < 0.9  # sampled answers differ
     h2h = read_jsonl(tmp_path / "out/eval/comparisons/round_001_vs_base.jsonl")
-    assert len(h2h) == 4  # the evaluation judge scores pointwise: p follows from the two rubric scores
+    assert len(h2h) == 8  # 4 prompts x 2 samples; the evaluation judge scores pointwise: p follows from the two rubric scores
     assert all(c["p"] == pytest.approx(pointwise_p(c["score_a"], c["score_b"], 0, 5)) for c in h2h)
     assert results["judge"]["mode"] == "pointwise" and results["judge"]["pairs"] == 126
     assert results["judge"]["accuracy"] > 0.55, "the bundled judge beats chance on the labelled pairs (0.69 measured)"
