@@ -101,7 +101,7 @@ class LogprobTap(LogitsProcessor):
     def __init__(self, stop_ids: set[int]):
         self.stop = torch.tensor(sorted(stop_ids), dtype=torch.long)
         self.logp: torch.Tensor | None = None
-        self.totals: torch.Tensor | None = None
+        self.totals: torch.Tensor | None = None  # on the scores' device: no copy to the host per step
         self.done: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -112,10 +112,12 @@ class LogprobTap(LogitsProcessor):
         if self.logp is None:
             raise RuntimeError("LogprobTap: a token was drawn before the tap saw the step's scores")
         if self.totals is None:
-            self.totals = torch.zeros(drawn.shape[0], dtype=torch.float64)
-            self.done = torch.zeros(drawn.shape[0], dtype=torch.bool)
-        drawn = drawn.cpu()
-        step = self.logp.gather(-1, drawn.to(self.logp.device).unsqueeze(-1)).squeeze(-1).double().cpu()
+            device = self.logp.device
+            self.totals = torch.zeros(drawn.shape[0], dtype=torch.float64, device=device)
+            self.done = torch.zeros(drawn.shape[0], dtype=torch.bool, device=device)
+            self.stop = self.stop.to(device)
+        drawn = drawn.to(self.logp.device)
+        step = self.logp.gather(-1, drawn.unsqueeze(-1)).squeeze(-1).double()
         self.totals += torch.where(self.done, 0.0, step)
         self.done |= torch.isin(drawn, self.stop)
         self.logp = None

@@ -188,8 +188,7 @@ class Evaluator:
         heldout = [r for r in rows if r["set"] == "heldout"]  # the KL estimate's samples
         args = (self.ctx, [text_of[r["prompt_id"]] for r in heldout], [r["token_ids"] for r in heldout],
                 self._gen_cfg(self.cfg.samples))
-        scored = all("logp" in r for r in heldout)  # generation scored its own samples
-        own = [r["logp"] for r in heldout] if scored else sample_logprobs_split(model, *args)
+        own = [r["logp"] for r in heldout]  # scored while sampling, by the model that drew them
         base = sample_logprobs_split(self.base, *args) if m.adapter else own
         for r, lp, lb in zip(heldout, own, base):
             r["logp_model"], r["logp_base"] = lp, lb
@@ -347,7 +346,8 @@ def sample_responses(model, tokenizer, prompts: list[dict], cfg, seed: int, mode
     """``cfg.num_candidates`` sampled responses per prompt, seeded alike for every model.
 
     ``model_name`` and ``set_name`` say which model and prompt set are answered (the collapse tests
-    replace this function to plant a collapsed round).
+    replace this function to plant a collapsed round). Rows are :func:`generate_candidates`' rows, with
+    ``logp``, each sample's log-probability under ``model``.
     """
     return generate_candidates(model, tokenizer, prompts, cfg, derive_seed(seed, set_name))
 

@@ -61,17 +61,21 @@ def eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def sampling_processors(cfg: GenerateConfig, pads: torch.Tensor | None = None, truncate: bool = True) -> LogitsProcessorList:
+def sampling_processors(cfg: GenerateConfig, pads: torch.Tensor | None = None, truncate: bool = True,
+                        tap: LogprobTap | None = None) -> LogitsProcessorList:
     """The processors candidates are sampled with, in transformers' order.
 
     ``pads``: left-padding tokens per row, which the repetition penalty skips. ``truncate=False``
-    leaves out top-k and top-p (the distributions the KL estimate compares).
+    leaves out top-k and top-p (the distributions the KL estimate compares). ``tap`` goes after the
+    penalty and temperature, before top-k and top-p: it sees the KL estimate's distribution.
     """
     out = LogitsProcessorList()
     if cfg.repetition_penalty != 1.0:
         out.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty, prompt_ignore_length=pads))
     if cfg.temperature != 1.0:
         out.append(TemperatureLogitsWarper(cfg.temperature))
+    if tap is not None:
+        out.append(tap)
     if truncate and cfg.top_k:
         out.append(TopKLogitsWarper(cfg.top_k))
     if truncate and cfg.top_p < 1.0:
@@ -132,9 +136,8 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
         ids, mask, pads = left_pad([chat.prompt_ids(tokenizer, p["prompt"]) for p in batch], tokenizer.pad_token_id, model.device)
         k = cfg.num_candidates
         seeds = [derive_seed(seed, "generate", p["id"], c) for p in batch for c in range(k)]
-        processors = sampling_processors(cfg, pads.repeat_interleave(k))
-        tap = LogprobTap(stop)  # after the penalty and temperature, before top-k/top-p: the KL's distribution
-        processors.insert(len(sampling_processors(cfg, pads, truncate=False)), tap)
+        tap = LogprobTap(stop)  # sums each row's log-probabilities of its drawn tokens: the KL's distribution
+        processors = sampling_processors(cfg, pads.repeat_interleave(k), tap=tap)
         out = model.generate(
             input_ids=ids.repeat_interleave(k, dim=0),
             attention_mask=mask.repeat_interleave(k, dim=0),
@@ -146,7 +149,7 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=sorted(stop),
         )
-        new = out[:, ids.shape[1] :].tolist()
+        new, logps = out[:, ids.shape[1] :].tolist(), tap.totals.tolist()
         for s, tokens in enumerate(new):
             prompt = batch[s // cfg.num_candidates]
             end = next((i for i, t in enumerate(tokens) if t in stop), None)
@@ -159,7 +162,7 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
                     "num_tokens": len(kept),
                     "truncated": end is None,
                     "token_ids": tokens if end is None else tokens[: end + 1],  # as sampled: the stop token if any
-                    "logp": tap.totals[s].item(),  # of token_ids, under the model that drew them (no top-k/top-p cut)
+                    "logp": logps[s],  # of token_ids, under the model that drew them (no top-k/top-p cut)
                 }
             )
         bar.update(len(new))
