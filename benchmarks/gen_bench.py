@@ -34,7 +34,7 @@ import torch
 
 from rlaif import chat
 from rlaif.config import load_recipe
-from rlaif.hardware import cpu_flags
+from rlaif.hardware import SPEED_CPU_FLAGS, cpu_flags
 from rlaif.models import BUNDLED_NAMES, bundled_gguf
 from rlaif.run import RunContext
 from rlaif.seeds import derive_seed
@@ -99,7 +99,7 @@ def main() -> int:
     prompts = load_pool(recipe.prompts).train[: recipe.prompts.per_round]
     model, tok = ctx.load(), ctx.tokenizer
     threads = torch.get_num_threads()
-    flags = sorted(set(cpu_flags()) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    flags = sorted(cpu_flags() & SPEED_CPU_FLAGS)
     print(f"{len(prompts)} prompts x {cfg.num_candidates}, batch {cfg.batch_size} prompts, {cfg.max_new_tokens} new "
           f"tokens, T={cfg.temperature}, top-p {cfg.top_p}, {ctx.dtype_name}, {threads} torch threads, CPU flags {flags}",
           flush=True)

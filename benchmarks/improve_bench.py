@@ -36,10 +36,9 @@ import sys
 import time
 from pathlib import Path
 
-from rlaif.hardware import cpu_flags
+from rlaif.hardware import SPEED_CPU_FLAGS, cpu_flags
 
 REPO = Path(__file__).resolve().parents[1]
-BF16_FLAGS = {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}  # what decides the dtype
 ARMS = {
     "both": [],
     "judge": ["judge.verifier_weight=0"],
@@ -132,7 +131,7 @@ def main() -> None:
         sys.exit(f"error: unknown arm(s) {unknown}; choose from {list(ARMS)}")
     root = Path(args.root)
     results = {"recipe": args.recipe, "overrides": args.overrides, "threads": args.threads,
-               "cpu_flags": sorted(cpu_flags() & BF16_FLAGS), "arms": {}}
+               "cpu_flags": sorted(cpu_flags() & SPEED_CPU_FLAGS), "arms": {}}
     first = None
     for arm in arms:
         run = root / arm

@@ -19,6 +19,7 @@ import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+SPEED_CPU_FLAGS = frozenset({"avx2", "fma", "avx512f", "amx_tile", *BF16_CPU_FLAGS})  # printed beside a benchmark's timings
 CPUINFO = Path("/proc/cpuinfo")
 
 
