@@ -6,7 +6,8 @@
 Prints, from one run, generated tokens per second of
 
 - **stage**: :func:`rlaif.stages.generate.generate_candidates` at the recipe's ``generate`` settings
-  (each candidate its own random stream, each prompt prefilled once for its K samples);
+  (each candidate its own random stream, each prompt prefilled once for its K samples, finished rows
+  dropped from the batch);
 - **plain**: ``model.generate(do_sample=True, num_return_sequences=K)`` on the same batches of prompts,
   with the same temperature, top-p, top-k, repetition penalty, stop tokens and token budget, applied by
   transformers' own warpers;

@@ -8,11 +8,11 @@ whatever the model's device) and draws one uniform number a row and step: the to
 in the cumulative distribution of ``softmax(scores)`` (inverse-CDF sampling, an exact draw). Right after
 a :class:`TopP` (``nucleus=``), it takes the cumulative distribution over the nucleus TopP already found,
 most probable first, instead of over the whole vocabulary in vocabulary order: the same distribution,
-without a softmax and a cumulative sum over 49k entries per row and step. Put last
-in a greedy ``generate``'s processors (``do_sample=False``), after the repetition penalty, temperature,
-top-k and top-p (:func:`rlaif.stages.generate.sampling_processors`), it hands greedy decoding a score
-vector whose maximum is the drawn token, so generation samples from the same distribution as
-transformers' own sampling, with randomness that belongs to the row.
+without a softmax and a cumulative sum over 49k entries per row and step. Put last in the processors,
+after the repetition penalty, temperature, top-k and top-p (:func:`rlaif.stages.generate.sampling_processors`),
+it returns a score vector whose maximum is the drawn token (what :func:`rlaif.decoding.decode`, or a greedy
+``generate``, takes), so generation samples from the same distribution as transformers' own sampling,
+with randomness that belongs to the row.
 
 :class:`TopP` is transformers' ``TopPLogitsWarper`` (the same nucleus: the most probable tokens until
 their mass reaches ``top_p``, at least one), computed from the ``first`` most probable tokens in rows
@@ -22,7 +22,8 @@ sort was the largest cost of a sampling step on the CPU after the matrix product
 :class:`LogprobTap` sums, per row, the log-probability of each drawn token under the scores it is placed
 after (the repetition penalty and temperature, before top-k/top-p: the KL estimate's distribution, see
 :mod:`rlaif.stages.generate`), so the sampled sequences come out of ``generate`` already scored by the model
-that drew them, without a second forward pass over them.
+that drew them, without a second forward pass over them. Both keep per-row state, so both follow
+the rows :func:`rlaif.decoding.decode` drops from the batch (``select``).
 
 What stays shared: the batch's padding can move a logit in its last bits (a different matrix shape),
 which changes a sample only where a uniform number falls within that rounding of a boundary.
@@ -54,9 +55,9 @@ class TopP(LogitsProcessor):
 
 
 class RowSampler(LogitsProcessor):
-    """The last logits processor of a greedy ``generate``: draws each row's token from ``softmax(scores)``.
+    """The last logits processor: draws each row's token from ``softmax(scores)``.
 
-    ``seeds[r]`` seeds row r (rows in ``generate``'s order: prompt-major, K per prompt). Each row draws
+    ``seeds[r]`` seeds row r (prompt-major, K per prompt). Each row draws
     one uniform number per decoding step from its own generator, whatever the batch. Returns scores that
     are 0 at the drawn token and -inf elsewhere.
     """
@@ -85,6 +86,13 @@ class RowSampler(LogitsProcessor):
         out = torch.full_like(scores, -float("inf"))
         return out.scatter(-1, drawn, 0.0)
 
+    def select(self, kept: torch.Tensor) -> None:
+        """Only rows ``kept`` stay in the batch (:func:`rlaif.decoding.decode` dropped the others)."""
+        kept = kept.tolist()
+        self.seeds = [self.seeds[i] for i in kept]
+        if self.generators is not None:
+            self.generators = [self.generators[i] for i in kept]
+
     @staticmethod
     def _draw(scores: torch.Tensor, u: torch.Tensor) -> torch.LongTensor:
         """Column of each row's draw: the first whose cumulative mass exceeds u (never one of probability 0,
@@ -96,13 +104,15 @@ class RowSampler(LogitsProcessor):
 class LogprobTap(LogitsProcessor):
     """Records ``log_softmax(scores)`` where it stands in the processors; :class:`RowSampler` hands it each
     step's drawn tokens, and ``totals[r]`` sums row r's log-probabilities of them up to and including its
-    first stop token (after which ``generate`` only pads the row, so nothing more counts)."""
+    first stop token (after which the row is only padded, so nothing more counts). ``r`` is the row's index
+    in the first step's batch, also after rows were dropped from the batch (``select``)."""
 
     def __init__(self, stop_ids: set[int]):
         self.stop = torch.tensor(sorted(stop_ids), dtype=torch.long)
         self.logp: torch.Tensor | None = None
         self.totals: torch.Tensor | None = None  # on the scores' device: no copy to the host per step
         self.done: torch.Tensor | None = None
+        self.rows: torch.Tensor | None = None  # the first batch's index of each row still in the batch
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self.logp = torch.log_softmax(scores.float(), dim=-1)
@@ -115,9 +125,16 @@ class LogprobTap(LogitsProcessor):
             device = self.logp.device
             self.totals = torch.zeros(drawn.shape[0], dtype=torch.float64, device=device)
             self.done = torch.zeros(drawn.shape[0], dtype=torch.bool, device=device)
+            self.rows = torch.arange(drawn.shape[0], device=device)
             self.stop = self.stop.to(device)
         drawn = drawn.to(self.logp.device)
         step = self.logp.gather(-1, drawn.unsqueeze(-1)).squeeze(-1).double()
-        self.totals += torch.where(self.done, 0.0, step)
-        self.done |= torch.isin(drawn, self.stop)
+        done = self.done[self.rows]
+        self.totals.index_add_(0, self.rows, torch.where(done, 0.0, step))
+        self.done[self.rows] = done | torch.isin(drawn, self.stop)
         self.logp = None
+
+    def select(self, kept: torch.Tensor) -> None:
+        """Only rows ``kept`` (indices into the current batch) stay in the batch; the others' totals are final."""
+        if self.rows is not None:
+            self.rows = self.rows[kept.to(self.rows.device)]

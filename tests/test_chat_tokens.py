@@ -14,12 +14,13 @@ import pytest
 import torch
 from conftest import tiny_recipe
 
-from rlaif import chat
+from rlaif import chat, decoding
 from rlaif.config import GenerateConfig, JudgeConfig, build_trl_config, recipe_from_dict
 from rlaif.judging import judges
 from rlaif.judging.constitution import load_constitution
 from rlaif.models import load_model, load_tokenizer, resolve_model
 from rlaif.run import RunContext
+from rlaif.stages import generate
 from rlaif.stages.generate import generate_candidates, sample_logprobs
 from rlaif.stages.train_dpo import TokenizedDPOTrainer, make_trainer, to_dataset
 from rlaif.stages.train_rl import build_rl_trainer, rl_args
@@ -143,11 +144,17 @@ def test_generation_and_scoring_ids_keep_content_as_text(tiny, monkeypatch):
             return real(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         return call
 
+    def recorded_decode(seen):  # the prompts' ids, whole, as the decoding loop gets them
+        def call(model, ids, mask, *args, **kwargs):
+            seen.append([row[m.bool()].tolist() for row, m in zip(ids, mask)])
+            return decoding.decode(model, ids, mask, *args, **kwargs)
+        return call
+
     got = {}
     for column in (0, 1):
         prompts = [{"id": str(i), "prompt": c[column]} for i, c in enumerate(cases(tok))]
         generated, scored = [], []
-        monkeypatch.setattr(model, "generate", recorder(type(model).generate.__get__(model), generated))
+        monkeypatch.setattr(generate, "decode", recorded_decode(generated))
         generate_candidates(model, tok, prompts, cfg, seed=0)
         monkeypatch.undo()
         monkeypatch.setattr(model, "forward", recorder(type(model).forward.__get__(model), scored))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import StaticCache
 
-from rlaif import chat
+from rlaif import chat, decoding
 from rlaif.config import GenerateConfig
 from rlaif.errors import RlaifError
 from rlaif.judging.constitution import constitution_from_dict, load_constitution
@@ -63,7 +63,7 @@ def test_each_prompt_is_prefilled_once_for_its_k_samples(tiny, monkeypatch):
     """The prompts run through the model once, not K times, and the samples are those of the plain path
     (the prompts repeated K times, each prefilled K times): each candidate draws from its own stream."""
     model, tok = tiny
-    fed, prefill = [], generate.shared_prefill
+    fed, prefill = [], decoding.shared_prefill
     hook = model.register_forward_pre_hook(lambda m, a, kw: fed.append(kw["input_ids"].numel()), with_kwargs=True)
     cfg = GenerateConfig(num_candidates=3, max_new_tokens=5, batch_size=2, temperature=1.0)
     try:
@@ -147,8 +147,8 @@ def test_models_with_other_layer_types_keep_their_own_cache_shared(tiny, monkeyp
     model, tok = tiny
     cfg = GenerateConfig(num_candidates=3, max_new_tokens=5, batch_size=2, temperature=1.0)
     static = generate_candidates(model, tok, PROMPTS, cfg, seed=5)
-    monkeypatch.setattr(generate, "_plain_attention", lambda m: False)
+    monkeypatch.setattr(decoding, "_plain_attention", lambda m: False)
     ids, mask, _ = chat.left_pad([chat.prompt_ids(tok, p["prompt"]) for p in PROMPTS], tok.pad_token_id, model.device)
-    assert not isinstance(generate.shared_prefill(model, ids, mask, 3, 5), StaticCache)
+    assert not isinstance(decoding.shared_prefill(model, ids, mask, 3, 5), StaticCache)
     own = generate_candidates(model, tok, PROMPTS, cfg, seed=5)
     assert [r["token_ids"] for r in own] == [r["token_ids"] for r in static]

@@ -14,11 +14,12 @@ of KL(policy ‖ base) on the policy's own samples, and it is the evidence that 
 came from the previous round's adapter.
 
 Sampling and scoring share one list of logits processors (:func:`sampling_processors`): repetition
-penalty, temperature, top-k, top-p, in transformers' order. ``generate`` decodes greedily over that
-list followed by :class:`rlaif.sampling.RowSampler`, which draws the token, so none of its own warpers
-applies and nothing from a model's ``generation_config`` (Qwen's ``top_k: 20``, or
-transformers' default ``top_k: 50`` when ``generate.top_k`` is 0) changes the distribution behind
-rlaif's back, and the repetition penalty does not count left padding as repeated tokens.
+penalty, temperature, top-k, top-p, in transformers' order. :func:`rlaif.decoding.decode` runs that list
+followed by :class:`rlaif.sampling.RowSampler`, which draws the token, and drops finished rows from the
+batch as it goes (each prompt prefilled once for its K samples: :func:`rlaif.decoding.shared_prefill`).
+Nothing from a model's ``generation_config`` (Qwen's ``top_k: 20``, or transformers' default ``top_k: 50``
+when ``generate.top_k`` is 0) changes the distribution behind rlaif's back, and the repetition penalty
+does not count left padding as repeated tokens.
 
 Deviation, on purpose: the KL is taken between the two models' distributions *at the sampling
 temperature and repetition penalty, without the top-k/top-p cut*. The KL between the two truncated
@@ -38,7 +39,6 @@ from tqdm.auto import tqdm
 from transformers import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
-    StaticCache,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
 )
@@ -46,6 +46,7 @@ from transformers import (
 from rlaif import chat
 from rlaif.chat import left_pad
 from rlaif.config import GenerateConfig
+from rlaif.decoding import decode, shared_prefill
 from rlaif.distributed import gather, rank_log, share, split
 from rlaif.run import RunContext, say
 from rlaif.rundir import read_jsonl, sha256_dir, write_jsonl
@@ -88,38 +89,6 @@ def _top_p(processors: LogitsProcessorList) -> TopP | None:
     return processors[-1] if processors and isinstance(processors[-1], TopP) else None
 
 
-def shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor, k: int, max_new_tokens: int):
-    """The key/value cache of every prompt but its last token, computed once and repeated for its K samples,
-    in a static cache (preallocated for the whole generation).
-
-    Handing ``generate`` the prompts repeated K times would run each prompt's prefill K times, and on a CPU
-    the prefill is compute-bound. ``generate`` continues from this cache with the prompts' last tokens; the
-    samples are the same (each candidate draws from its own stream), up to float rounding. The cache is a
-    ``StaticCache``: transformers' default cache grows by concatenation, which copies every layer's keys and
-    values at every decoding step (8% of a step's CPU time in a profile of the quickstart's generation).
-    A model whose layers are not all plain attention keeps the cache type it prefilled with, repeated.
-    None (``generate``'s own prefill) for one-token prompts.
-    """
-    if ids.shape[1] < 2:
-        return None
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    prefill = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                    use_cache=True, logits_to_keep=1).past_key_values
-    if not _plain_attention(model):  # sliding windows, recurrent state: transformers' own cache, repeated
-        prefill.batch_repeat_interleave(k)
-        return prefill
-    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + max_new_tokens)
-    for layer, done in zip(cache.layers, prefill.layers):
-        layer.update(done.keys.repeat_interleave(k, dim=0), done.values.repeat_interleave(k, dim=0))
-    return cache
-
-
-def _plain_attention(model) -> bool:
-    """Every layer full attention (no sliding window, no recurrent state): what a static cache holds as is."""
-    types = getattr(model.config.get_text_config(decoder=True), "layer_types", None)
-    return all(t == "full_attention" for t in types or ["full_attention"])
-
-
 @torch.no_grad()
 def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConfig, seed: int) -> list[dict]:
     """Rows ``{prompt_id, candidate, text, num_tokens, truncated, token_ids, logp}``, K per prompt, in prompt order.
@@ -138,18 +107,11 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
         seeds = [derive_seed(seed, "generate", p["id"], c) for p in batch for c in range(k)]
         tap = LogprobTap(stop)  # sums each row's log-probabilities of its drawn tokens: the KL's distribution
         processors = sampling_processors(cfg, pads.repeat_interleave(k), tap=tap)
-        out = model.generate(
-            input_ids=ids.repeat_interleave(k, dim=0),
-            attention_mask=mask.repeat_interleave(k, dim=0),
-            cache=shared_prefill(model, ids, mask, k, cfg.max_new_tokens),
-            do_sample=False,  # RowSampler draws: greedy decoding takes the token it drew
-            repetition_penalty=1.0,  # in the processors below (greedy decoding applies no warpers of its own)
-            logits_processor=LogitsProcessorList([*processors, RowSampler(seeds, tap, nucleus=_top_p(processors))]),
-            max_new_tokens=cfg.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=sorted(stop),
-        )
-        new, logps = out[:, ids.shape[1] :].tolist(), tap.totals.tolist()
+        processors.append(RowSampler(seeds, tap, nucleus=_top_p(processors)))  # draws: the row's maximum
+        out = decode(model, ids.repeat_interleave(k, dim=0), mask.repeat_interleave(k, dim=0),
+                     shared_prefill(model, ids, mask, k, cfg.max_new_tokens), processors, stop, cfg.max_new_tokens,
+                     tokenizer.pad_token_id)
+        new, logps = out.tolist(), tap.totals.tolist()
         for s, tokens in enumerate(new):
             prompt = batch[s // cfg.num_candidates]
             end = next((i for i, t in enumerate(tokens) if t in stop), None)
