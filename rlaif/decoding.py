@@ -41,9 +41,28 @@ def shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor, k: int, max_new
         prefill.batch_repeat_interleave(k)
         return prefill
     cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + max_new_tokens)
+    if FILLED:
+        cache.layers = [FilledLayer(layer.max_cache_len) for layer in cache.layers]
     for layer, done in zip(cache.layers, prefill.layers):
         layer.update(done.keys.repeat_interleave(k, dim=0), done.values.repeat_interleave(k, dim=0))
     return cache
+
+
+FILLED = True
+
+
+class FilledLayer(StaticLayer):
+    """A static layer whose attention covers the positions filled so far, not the whole allocation."""
+
+    filled = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        self.filled += key_states.shape[-2]
+        return keys[:, :, : self.filled], values[:, :, : self.filled]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.filled + query_length, 0
 
 
 def _plain_attention(model) -> bool:

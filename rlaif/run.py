@@ -10,7 +10,8 @@ A stage is a function ``(ctx, round) -> metrics``. It takes everything it needs 
 - the models: ``load_policy(n)`` (what round n generates with), ``load_judge(n)`` (what round n judges
   with), ``load_base()``, and ``model_kwargs()`` for the trainers, which load the weights themselves.
 
-Every model goes to the context's device in the context's dtype; no stage picks a device. Nothing here
+Every model goes to the context's device in the context's dtype (a judge in ``judge.dtype``); no stage
+picks a device or a dtype. Nothing here
 imports the loop or a stage, so stages and the evaluation can import it freely.
 """
 
@@ -45,6 +46,7 @@ class RunContext:
         self.device = self.state.device
         self.dtype_name, self.dtype_reason = resolve_dtype(recipe.model.dtype, self.device)
         self.dtype = DTYPES[self.dtype_name]
+        self.judge_dtype_name = self.dtype_name if recipe.judge.dtype == "model" else recipe.judge.dtype
         self.tracker = None  # `rlaif run` sets its W&B tracker here; the trainers log their steps to it
 
     def trainer_callbacks(self, n: int) -> list | None:
@@ -59,9 +61,12 @@ class RunContext:
     def hardware(self) -> dict:
         """What decided the device and dtype (recorded in the manifest, printed by ``rlaif validate``)."""
         flags = sorted(f for f in BF16_CPU_FLAGS if f in cpu_flags())
+        summary = describe(self.device, self.dtype_name, self.dtype_reason)
+        if self.judge_dtype_name != self.dtype_name:
+            summary += f"; the judge in {self.judge_dtype_name} (judge.dtype)"
         return {"device": str(self.device), "processes": self.state.num_processes, "dtype": self.dtype_name,
-                "dtype_reason": self.dtype_reason, "cpu_bf16_flags": flags,
-                "summary": describe(self.device, self.dtype_name, self.dtype_reason)}
+                "dtype_reason": self.dtype_reason, "judge_dtype": self.judge_dtype_name, "cpu_bf16_flags": flags,
+                "summary": summary}
 
     # -- shared loads
     @cached_property
@@ -77,18 +82,20 @@ class RunContext:
     def constitution(self) -> Constitution:
         return load_constitution(self.recipe.judge.constitution)
 
-    def model_kwargs(self, revision: bool = True) -> dict:
-        """``from_pretrained`` arguments for the policy's weights in the context's dtype (TRL's model_init_kwargs)."""
+    def model_kwargs(self, revision: bool = True, dtype: str | None = None) -> dict:
+        """``from_pretrained`` arguments for the policy's weights in the context's dtype, or ``dtype`` (TRL's
+        model_init_kwargs)."""
         m = self.recipe.model
-        return model_kwargs(self.dtype_name, m.revision if revision else None, m.trust_remote_code, m.attn_implementation)
+        return model_kwargs(dtype or self.dtype_name, m.revision if revision else None, m.trust_remote_code,
+                            m.attn_implementation)
 
     # -- models
-    def load(self, adapter: Path | None = None):
-        """The base weights, with ``adapter`` merged in when given, on the context's device and dtype."""
-        return load_model(self.model_path, self.model_kwargs(), adapter, self.device)
+    def load(self, adapter: Path | None = None, dtype: str | None = None):
+        """The base weights, with ``adapter`` merged in when given, on the context's device and dtype (or ``dtype``)."""
+        return load_model(self.model_path, self.model_kwargs(dtype=dtype), adapter, self.device)
 
-    def load_base(self):
-        return self.load(None)
+    def load_base(self, dtype: str | None = None):
+        return self.load(None, dtype)
 
     def policy_adapter(self, n: int) -> Path | None:
         """The adapter round n generates with: the newest adapter of an earlier round (None: the base)."""
@@ -109,14 +116,15 @@ class RunContext:
 
     def load_judge(self, n: int, name: str | None = None):
         """(model, tokenizer, adapter) that judges round n: ``judge.model`` (or ``name``) is ``policy`` (the
-        same weights with the round's policy adapter), ``base``, or another model with its own tokenizer."""
+        same weights with the round's policy adapter), ``base``, or another model with its own tokenizer;
+        in the judge's dtype (``judge.dtype``)."""
         name = name or self.recipe.judge.model
         if name in SELF_JUDGES:
             adapter = self.judge_adapter(n, name)
-            return self.load(adapter), self.tokenizer, adapter
+            return self.load(adapter, self.judge_dtype_name), self.tokenizer, adapter
         m = self.recipe.model
         path = resolve_model(name, m.cache_dir)
-        kwargs = model_kwargs(self.dtype_name, None, m.trust_remote_code, m.attn_implementation)
+        kwargs = model_kwargs(self.judge_dtype_name, None, m.trust_remote_code, m.attn_implementation)
         return load_model(path, kwargs, None, self.device), load_tokenizer(path, None, m.trust_remote_code), None
 
     # -- bookkeeping

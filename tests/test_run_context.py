@@ -67,8 +67,9 @@ def test_auto_dtype_on_this_machine():
 # ---------------------------------------------------------------- models on the context's device and dtype
 
 
-def _ctx(tiny_model, tmp_path, **model) -> RunContext:
-    return RunContext(recipe_from_dict(tiny_recipe(tiny_model, tmp_path / "out", model={"dtype": "bfloat16", **model})))
+def _ctx(tiny_model, tmp_path, judge=None, **model) -> RunContext:
+    return RunContext(recipe_from_dict(tiny_recipe(tiny_model, tmp_path / "out", model={"dtype": "bfloat16", **model},
+                                                   **({"judge": judge} if judge else {}))))
 
 
 def _placement(model) -> set[tuple[str, torch.dtype]]:
@@ -76,15 +77,31 @@ def _placement(model) -> set[tuple[str, torch.dtype]]:
 
 
 def test_inference_models_land_on_the_context_device_and_dtype(tiny_model, tmp_path):
-    ctx = _ctx(tiny_model, tmp_path)
-    assert ctx.dtype == torch.bfloat16
-    ctx.device = torch.device("meta")  # a device no code would pick by itself: only the context can put them there
-    policy, adapter = ctx.load_policy(1)
-    assert adapter is None
-    judge, _tok, _ = ctx.load_judge(1)
-    other, _, _ = ctx.load_judge(1, tiny_model)  # a separate judge model (its own folder and tokenizer)
-    for model in (policy, judge, other, ctx.load_base()):
-        assert _placement(model) == {("meta", torch.bfloat16)}
+    """The policy and base in model.dtype; every judge in float32 (judge.dtype's default) or, with
+    ``judge.dtype: model``, in model.dtype too."""
+    for judge_dtype, expected in (({}, torch.float32), ({"dtype": "model"}, torch.bfloat16)):
+        ctx = _ctx(tiny_model, tmp_path, judge=judge_dtype)
+        assert ctx.dtype == torch.bfloat16
+        ctx.device = torch.device("meta")  # a device no code would pick by itself: only the context can put them there
+        policy, adapter = ctx.load_policy(1)
+        assert adapter is None
+        for model in (policy, ctx.load_base()):
+            assert _placement(model) == {("meta", torch.bfloat16)}
+        judge, _tok, _ = ctx.load_judge(1)
+        other, _, _ = ctx.load_judge(1, tiny_model)  # a separate judge model (its own folder and tokenizer)
+        base_judge, _, _ = ctx.load_judge(1, "base")
+        for model in (judge, other, base_judge):
+            assert _placement(model) == {("meta", expected)}
+
+
+def test_auto_dtype_keeps_the_judge_in_float32(monkeypatch):
+    """On a CPU with AMX-BF16 (mocked), auto puts generation and training in bf16 and the judge in float32."""
+    monkeypatch.setattr(hardware, "cpu_flags", lambda *a: {"avx2", "amx_bf16"})
+    ctx = RunContext(recipe_from_dict({"model": {"dtype": "auto"}, "wandb": {"enabled": False}}))
+    assert (ctx.dtype_name, ctx.judge_dtype_name) == ("bfloat16", "float32")
+    assert ctx.hardware()["judge_dtype"] == "float32" and "the judge in float32" in ctx.hardware()["summary"]
+    same = RunContext(recipe_from_dict({"model": {"dtype": "auto"}, "judge": {"dtype": "model"}, "wandb": {"enabled": False}}))
+    assert same.judge_dtype_name == "bfloat16" and "judge" not in same.hardware()["summary"]
 
 
 def test_attn_implementation_reaches_every_load(tiny_model, tmp_path):

@@ -214,7 +214,7 @@ class Evaluator:
     def judge(self):
         if self._judge is None:
             cfg = eval_judge_config(self.recipe)
-            if cfg.model == "base":
+            if cfg.model == "base" and self.ctx.judge_dtype_name == self.ctx.dtype_name:  # the same weights
                 model, tokenizer = self.base, self.ctx.tokenizer
             else:
                 model, tokenizer, _ = self.ctx.load_judge(0, cfg.model)

@@ -43,7 +43,7 @@ def run(ctx: RunContext, n: int) -> dict:
         if cfg.model == "base" or (cfg.model == "policy" and adapter is None):
             metrics["reference_agreement"] = 1.0  # the judge is the frozen base itself
         else:
-            base = build_judge(cfg, ctx.load_base(), ctx.tokenizer, ctx.constitution)
+            base = build_judge(cfg, ctx.load_base(ctx.judge_dtype_name), ctx.tokenizer, ctx.constitution)
             reference = gather(ctx.state, judge_candidates(base, ctx.constitution, mine, candidates, cfg.principles, seed))
             metrics["reference_agreement"] = reference_agreement(raw, reference)
     return {
