@@ -1,16 +1,17 @@
 """The generate stage's decoding: each prompt prefilled once for its K samples, finished rows dropped.
 
-Two things ``model.generate`` does not do, and what they save on a CPU, where decoding is compute-bound
-(every row of the batch costs the same matrix work at every step):
+What ``model.generate`` does not do, and what it saves. A decoding step of the bundled model on 2 CPU
+cores (fp32) costs a part that does not depend on the batch (reading the weights: a batch of 16 rows took
+62% of the time of 64) and a part per row (its key/value cache and its share of the matrix products):
 
 - :func:`shared_prefill`: each prompt's key/value cache is computed once and repeated for its K samples,
-  in a ``StaticCache`` allocated once for prompt and token budget. ``generate`` given the prompts repeated
+  in a static cache allocated once for prompt and token budget. ``generate`` given the prompts repeated
   K times runs each prefill K times, and its default cache grows by concatenation, copying every layer's
   keys and values at every step (8% of a step's CPU time in a profile of the quickstart's generation).
+  Attention reads only the positions filled so far (:class:`FilledLayer`), not the whole allocation.
 - :func:`decode`: the sampling loop. A row that has sampled a stop token is dropped from the batch (from
   the cache, the processors' per-row state and the inputs) once at least ``compact`` of the rows still in
   the batch have finished, instead of being fed padding until the longest row ends, as ``generate`` does.
-  With a quarter of the quickstart's candidates ending early that is a fifth of the decoding steps' rows.
 
 The samples do not depend on either: every row draws from its own random stream
 (:class:`rlaif.sampling.RowSampler`), so a row's tokens are those it would draw in any batch, up to the
@@ -41,18 +42,16 @@ def shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor, k: int, max_new
         prefill.batch_repeat_interleave(k)
         return prefill
     cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + max_new_tokens)
-    if FILLED:
-        cache.layers = [FilledLayer(layer.max_cache_len) for layer in cache.layers]
+    cache.layers = [FilledLayer(layer.max_cache_len) for layer in cache.layers]
     for layer, done in zip(cache.layers, prefill.layers):
         layer.update(done.keys.repeat_interleave(k, dim=0), done.values.repeat_interleave(k, dim=0))
     return cache
 
 
-FILLED = True
-
-
 class FilledLayer(StaticLayer):
-    """A static layer whose attention covers the positions filled so far, not the whole allocation."""
+    """transformers' static cache layer (allocated once, written in place) whose attention covers only the
+    positions filled so far, as the dynamic cache's does, instead of the whole allocation under a mask:
+    on a CPU, reading the key/value cache is a large part of a decoding step's cost after the weights."""
 
     filled = 0
 
