@@ -11,8 +11,8 @@ A stage is a function ``(ctx, round) -> metrics``. It takes everything it needs 
   with), ``load_base()``, and ``model_kwargs()`` for the trainers, which load the weights themselves.
 
 Every model goes to the context's device in the context's dtype (a judge in ``judge.dtype``); no stage
-picks a device or a dtype. Nothing here
-imports the loop or a stage, so stages and the evaluation can import it freely.
+picks a device or a dtype. Nothing here imports the loop or a stage, so stages and the evaluation can
+import it freely.
 """
 
 import sys
@@ -124,7 +124,7 @@ class RunContext:
             return self.load(adapter, self.judge_dtype_name), self.tokenizer, adapter
         m = self.recipe.model
         path = resolve_model(name, m.cache_dir)
-        kwargs = model_kwargs(self.judge_dtype_name, None, m.trust_remote_code, m.attn_implementation)
+        kwargs = self.model_kwargs(revision=False, dtype=self.judge_dtype_name)
         return load_model(path, kwargs, None, self.device), load_tokenizer(path, None, m.trust_remote_code), None
 
     # -- bookkeeping
