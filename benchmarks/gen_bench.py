@@ -16,8 +16,9 @@ Prints, from one run, generated tokens per second of
   dependency (``pip install llama-cpp-python``, which compiles llama.cpp): without it the line says so.
 
 and the ratios stage/plain and stage/llama.cpp. A token is a generated token before the end of turn,
-counted alike for all three. stage and plain take turns ``--repeats`` times, so other load falls on
-both alike; times are wall-clock, with the process's CPU-seconds beside them. The stage's figure includes
+counted alike for all three. The three take turns ``--repeats`` times (stage, plain, llama.cpp, then
+again), so other load falls on all three alike; a figure is the mean of its turns' tokens/s. Times are
+wall-clock, with the process's CPU-seconds beside them. The stage's figure includes
 scoring its samples under the policy (summed while sampling, for the KL estimate). The log-prob pass the
 stage still runs from round 2 on (the same samples under the adapter-off base) is timed on its own.
 The CPU's flags that decide bf16 are printed with the figures.
@@ -69,23 +70,27 @@ def plain(model, tokenizer, prompts: list[dict], cfg, seed: int) -> int:
     return tokens
 
 
-def llama_cpp(recipe, prompts: list[dict], cfg, threads: int) -> tuple[int, float] | str:
-    """(tokens, seconds) of llama.cpp, one stream, or why it did not run."""
+def load_llama(recipe, threads: int):
+    """llama.cpp on the bundled GGUF file, or why it cannot run."""
     try:
         from llama_cpp import Llama
     except ImportError:
         return "not run: llama-cpp-python is not installed (pip install llama-cpp-python; it compiles llama.cpp)"
     if recipe.model.source not in BUNDLED_NAMES:
         return "not run: only the bundled model has a GGUF file"
-    llm = Llama(model_path=str(bundled_gguf()), n_ctx=1024, n_threads=threads, seed=0, verbose=False)
-    tokens, t0 = 0, time.perf_counter()
+    return Llama(model_path=str(bundled_gguf()), n_ctx=1024, n_threads=threads, seed=0, verbose=False)
+
+
+def llama_cpp(llm, prompts: list[dict], cfg) -> int:
+    """Tokens llama.cpp samples for the prompts, one stream, K completions a prompt."""
+    tokens = 0
     for p in prompts:
         for _ in range(cfg.num_candidates):
             out = llm.create_chat_completion([{"role": "user", "content": p["prompt"]}], temperature=cfg.temperature,
                                              top_p=cfg.top_p, top_k=cfg.top_k, repeat_penalty=cfg.repetition_penalty,
                                              max_tokens=cfg.max_new_tokens)
             tokens += out["usage"]["completion_tokens"]
-    return tokens, time.perf_counter() - t0
+    return tokens
 
 
 def main() -> int:
@@ -104,20 +109,22 @@ def main() -> int:
     print(f"{len(prompts)} prompts x {cfg.num_candidates}, batch {cfg.batch_size} prompts, {cfg.max_new_tokens} new "
           f"tokens, T={cfg.temperature}, top-p {cfg.top_p}, {ctx.dtype_name}, {threads} torch threads, CPU flags {flags}",
           flush=True)
-    runs = {"stage": [], "plain": []}
+    llm = load_llama(recipe, threads)
+    runs = {"stage": [], "plain": []} | ({} if isinstance(llm, str) else {"llama.cpp": []})
     for r in range(args.repeats):
         rows, wall, cpu = timed(lambda: generate_candidates(model, tok, prompts, cfg, ctx.seed(1, "generate")))
         runs["stage"].append({"tokens": sum(x["num_tokens"] for x in rows), "wall_s": wall, "cpu_s": cpu})
         n, wall, cpu = timed(lambda: plain(model, tok, prompts, cfg, ctx.seed(1, "generate")))
         runs["plain"].append({"tokens": n, "wall_s": wall, "cpu_s": cpu})
-        print(f"run {r + 1}: stage {runs['stage'][-1]}, plain {runs['plain'][-1]}", flush=True)
+        if not isinstance(llm, str):
+            n, wall, cpu = timed(lambda: llama_cpp(llm, prompts, cfg))
+            runs["llama.cpp"].append({"tokens": n, "wall_s": wall, "cpu_s": cpu})
+        print(f"run {r + 1}: " + ", ".join(f"{k} {v[-1]}" for k, v in runs.items()), flush=True)
     text_of = {p["id"]: p["prompt"] for p in prompts}
     _, lp_wall, _ = timed(lambda: sample_logprobs(model, tok, [text_of[x["prompt_id"]] for x in rows],
                                                   [x["token_ids"] for x in rows], cfg))
     rate = {k: statistics.fmean(x["tokens"] / x["wall_s"] for x in v) for k, v in runs.items()}
-    llama = llama_cpp(recipe, prompts, cfg, threads)
-    if isinstance(llama, tuple):
-        rate["llama.cpp"] = llama[0] / llama[1]
+    llama = llm if isinstance(llm, str) else None
     out = {"settings": {"prompts": len(prompts), "k": cfg.num_candidates, "batch_size": cfg.batch_size,
                         "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
                         "dtype": ctx.dtype_name, "torch_threads": threads, "cpu_flags": flags,
