@@ -111,3 +111,8 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs], device=device)
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
     return ids, mask, pads
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position in its row under left padding: 0 at the first attended token (padding gets 0)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)

@@ -22,6 +22,8 @@ import torch
 from transformers import LogitsProcessorList, StaticCache
 from transformers.cache_utils import StaticLayer
 
+from rlaif.chat import position_ids
+
 COMPACT = 0.125  # drop finished rows once they are this share of the batch (each drop copies the kept rows' cache)
 
 
@@ -35,7 +37,7 @@ def shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor, k: int, max_new
     """
     if ids.shape[1] < 2:
         return None
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = position_ids(mask)
     prefill = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
                     use_cache=True, logits_to_keep=1).past_key_values
     if not _plain_attention(model):
@@ -79,14 +81,14 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, cache, processors: Logi
     ``cache`` holds every column of ``ids`` but the last (:func:`shared_prefill`), or is None (the first
     step runs the whole prompts). ``processors`` end with a sampler that leaves its drawn token the row's
     maximum (:class:`rlaif.sampling.RowSampler`). Their per-row state follows the rows: a processor with a
-    ``select(kept)`` method is told which rows stay; a tensor ``prompt_ignore_length`` (transformers'
-    repetition penalty) is indexed. ``compact=None`` keeps finished rows, fed padding, as ``generate`` does.
+    ``select(kept)`` method is told which rows stay (one with per-row state and no ``select`` would go
+    out of step with the batch: :mod:`rlaif.sampling`'s processors all have it). ``compact=None`` keeps finished rows, fed padding, as ``generate`` does.
     """
     n, device = ids.shape[0], ids.device
     out = torch.full((n, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     rows = torch.arange(n, device=device)  # each row's index in ``out``
     stops = torch.tensor(sorted(stop), device=device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = position_ids(mask)
     step, pos = (ids, positions) if cache is None else (ids[:, -1:], positions[:, -1:])
     done = torch.zeros(n, dtype=torch.bool, device=device)
     can_compact = compact is not None and cache is not None and _selectable(cache)
@@ -111,8 +113,6 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, cache, processors: Logi
             for p in processors:
                 if hasattr(p, "select"):
                     p.select(kept)
-                elif isinstance(getattr(p, "prompt_ignore_length", None), torch.Tensor):
-                    p.prompt_ignore_length = p.prompt_ignore_length[kept]
             rows, ids, mask, step, pos, done = rows[kept], ids[kept], mask[kept], step[kept], pos[kept], done[kept]
     return out[:, :steps]
 

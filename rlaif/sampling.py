@@ -23,14 +23,24 @@ sort was the largest cost of a sampling step on the CPU after the matrix product
 after (the repetition penalty and temperature, before top-k/top-p: the KL estimate's distribution, see
 :mod:`rlaif.stages.generate`), so the sampled sequences come out of ``generate`` already scored by the model
 that drew them, without a second forward pass over them. Both keep per-row state, so both follow
-the rows :func:`rlaif.decoding.decode` drops from the batch (``select``).
+the rows :func:`rlaif.decoding.decode` drops from the batch (``select``), as does
+:class:`RowRepetitionPenalty` (transformers' repetition penalty, whose per-row left padding must follow).
 
 What stays shared: the batch's padding can move a logit in its last bits (a different matrix shape),
 which changes a sample only where a uniform number falls within that rounding of a boundary.
 """
 
 import torch
-from transformers import LogitsProcessor, TopPLogitsWarper
+from transformers import LogitsProcessor, RepetitionPenaltyLogitsProcessor, TopPLogitsWarper
+
+
+class RowRepetitionPenalty(RepetitionPenaltyLogitsProcessor):
+    """transformers' repetition penalty, whose per-row ``prompt_ignore_length`` (the left padding it skips)
+    follows the rows :func:`rlaif.decoding.decode` keeps (``select``)."""
+
+    def select(self, kept: torch.Tensor) -> None:
+        if isinstance(self.prompt_ignore_length, torch.Tensor):
+            self.prompt_ignore_length = self.prompt_ignore_length[kept.to(self.prompt_ignore_length.device)]
 
 
 class TopP(LogitsProcessor):

@@ -38,7 +38,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import (
     LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
 )
@@ -50,7 +49,7 @@ from rlaif.decoding import decode, shared_prefill
 from rlaif.distributed import gather, rank_log, share, split
 from rlaif.run import RunContext, say
 from rlaif.rundir import read_jsonl, sha256_dir, write_jsonl
-from rlaif.sampling import LogprobTap, RowSampler, TopP
+from rlaif.sampling import LogprobTap, RowRepetitionPenalty, RowSampler, TopP
 from rlaif.seeds import derive_seed
 
 
@@ -72,7 +71,7 @@ def sampling_processors(cfg: GenerateConfig, pads: torch.Tensor | None = None, t
     """
     out = LogitsProcessorList()
     if cfg.repetition_penalty != 1.0:
-        out.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty, prompt_ignore_length=pads))
+        out.append(RowRepetitionPenalty(cfg.repetition_penalty, prompt_ignore_length=pads))
     if cfg.temperature != 1.0:
         out.append(TemperatureLogitsWarper(cfg.temperature))
     if tap is not None:
@@ -153,7 +152,7 @@ def sequence_logprobs(model, prompts: list[list[int]], sequences: list[list[int]
         ids, mask, pads = left_pad([p + s + [0] * (steps - len(s)) for p, s in zip(ps, ss)], 0, model.device)
         for r, s in enumerate(ss):  # the right padding after a short sequence is not attended to
             mask[r, mask.shape[1] - (steps - len(s)) :] = 0
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = chat.position_ids(mask)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=steps + 1).logits
         processors = sampling_processors(cfg, pads, truncate)
         lens = torch.tensor([len(s) for s in ss], device=model.device)
