@@ -6,8 +6,11 @@
 Prints, from one run, generated tokens per second of
 
 - **stage**: :func:`rlaif.stages.generate.generate_candidates` at the recipe's ``generate`` settings
-  (each candidate its own random stream, each prompt prefilled once for its K samples, finished rows
-  dropped from the batch);
+  (each candidate its own random stream, each prompt prefilled once for its K samples, prompts prefilled
+  in groups of similar length, finished rows dropped from the batch, linear layers through oneDNN with
+  packed weights on a CPU in float32: :mod:`rlaif.packed`);
+- **stage_unpacked**: the same stage with every linear layer through PyTorch's own ``linear`` (what the
+  packing alone brings: their ratio);
 - **plain**: ``model.generate(do_sample=True, num_return_sequences=K)`` on the same batches of prompts,
   with the same temperature, top-p, top-k, repetition penalty, stop tokens and token budget, applied by
   transformers' own warpers;
@@ -16,11 +19,12 @@ Prints, from one run, generated tokens per second of
   dependency (``pip install llama-cpp-python``, which compiles llama.cpp): without it the line says so.
 
 and the ratios stage/plain and stage/llama.cpp. A token is a generated token before the end of turn,
-counted alike for all three. The three take turns ``--repeats`` times (stage, plain, llama.cpp, then
-again), so other load falls on all three alike; a figure is the mean of its turns' tokens/s. Times are
+counted alike for all. They take turns ``--repeats`` times (stage, stage_unpacked, plain, llama.cpp,
+then again), so other load falls on all alike; a figure is the mean of its turns' tokens/s. Times are
 wall-clock, with the process's CPU-seconds beside them. The stage's figure includes
 scoring its samples under the policy (summed while sampling, for the KL estimate). The log-prob pass the
-stage still runs from round 2 on (the same samples under the adapter-off base) is timed on its own.
+stage still runs from round 2 on (the same samples under the adapter-off base) is timed on its own,
+packed and not.
 The CPU's flags that decide bf16 are printed with the figures.
 """
 
@@ -31,10 +35,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
-from rlaif import chat
+from rlaif import chat, packed
 from rlaif.config import load_recipe
 from rlaif.hardware import SPEED_CPU_FLAGS, cpu_flags
 from rlaif.models import BUNDLED_NAMES, bundled_gguf
@@ -68,6 +73,17 @@ def plain(model, tokenizer, prompts: list[dict], cfg, seed: int) -> int:
         for row in out[:, ids.shape[1] :].tolist():
             tokens += next((i for i, t in enumerate(row) if t in stop), len(row))
     return tokens
+
+
+def unpacked():
+    """The stage as it runs without :mod:`rlaif.packed` (every linear layer through PyTorch's own ``linear``)."""
+    return mock.patch.object(packed, "supported", lambda: False)
+
+
+def packed_count(model) -> int:
+    """How many linear layers :mod:`rlaif.packed` packs for this model here (0: the stage runs unpacked)."""
+    with torch.no_grad(), packed.packed_linears(model) as n:
+        return n
 
 
 def load_llama(recipe, threads: int):
@@ -110,10 +126,13 @@ def main() -> int:
           f"tokens, T={cfg.temperature}, top-p {cfg.top_p}, {ctx.dtype_name}, {threads} torch threads, CPU flags {flags}",
           flush=True)
     llm = load_llama(recipe, threads)
-    runs = {"stage": [], "plain": []} | ({} if isinstance(llm, str) else {"llama.cpp": []})
+    runs = {"stage": [], "stage_unpacked": [], "plain": []} | ({} if isinstance(llm, str) else {"llama.cpp": []})
     for r in range(args.repeats):
         rows, wall, cpu = timed(lambda: generate_candidates(model, tok, prompts, cfg, ctx.seed(1, "generate")))
         runs["stage"].append({"tokens": sum(x["num_tokens"] for x in rows), "wall_s": wall, "cpu_s": cpu})
+        with unpacked():
+            again, wall, cpu = timed(lambda: generate_candidates(model, tok, prompts, cfg, ctx.seed(1, "generate")))
+        runs["stage_unpacked"].append({"tokens": sum(x["num_tokens"] for x in again), "wall_s": wall, "cpu_s": cpu})
         n, wall, cpu = timed(lambda: plain(model, tok, prompts, cfg, ctx.seed(1, "generate")))
         runs["plain"].append({"tokens": n, "wall_s": wall, "cpu_s": cpu})
         if not isinstance(llm, str):
@@ -121,8 +140,10 @@ def main() -> int:
             runs["llama.cpp"].append({"tokens": n, "wall_s": wall, "cpu_s": cpu})
         print(f"run {r + 1}: " + ", ".join(f"{k} {v[-1]}" for k, v in runs.items()), flush=True)
     text_of = {p["id"]: p["prompt"] for p in prompts}
-    _, lp_wall, _ = timed(lambda: sample_logprobs(model, tok, [text_of[x["prompt_id"]] for x in rows],
-                                                  [x["token_ids"] for x in rows], cfg))
+    args_lp = ([text_of[x["prompt_id"]] for x in rows], [x["token_ids"] for x in rows], cfg)
+    _, lp_wall, _ = timed(lambda: sample_logprobs(model, tok, *args_lp))
+    with unpacked():
+        _, lp_unpacked, _ = timed(lambda: sample_logprobs(model, tok, *args_lp))
     rate = {k: statistics.fmean(x["tokens"] / x["wall_s"] for x in v) for k, v in runs.items()}
     llama = llm if isinstance(llm, str) else None
     out = {"settings": {"prompts": len(prompts), "k": cfg.num_candidates, "batch_size": cfg.batch_size,
@@ -130,13 +151,18 @@ def main() -> int:
                         "dtype": ctx.dtype_name, "torch_threads": threads, "cpu_flags": flags,
                         "load_average": os.getloadavg()},
            "runs": runs, "tokens_per_s": rate, "base_logprob_pass_s": lp_wall,
+           "base_logprob_pass_unpacked_s": lp_unpacked, "packed_layers": packed_count(model),
            "stage_over_plain": rate["stage"] / rate["plain"],
+           "stage_over_stage_unpacked": rate["stage"] / rate["stage_unpacked"],
            "stage_over_llama_cpp": rate["stage"] / rate["llama.cpp"] if "llama.cpp" in rate else llama}
     for k, v in rate.items():
         print(f"{k:>10}: {v:7.1f} tokens/s")
     print(f"stage / plain: {out['stage_over_plain']:.2f}x; stage / llama.cpp: "
           + (f"{out['stage_over_llama_cpp']:.2f}x" if "llama.cpp" in rate else llama))
-    print(f"a log-prob pass over the {len(rows)} candidates (the base's, from round 2 on): {lp_wall:.1f}s")
+    print(f"stage / stage without packed layers: {out['stage_over_stage_unpacked']:.2f}x "
+          f"({out['packed_layers']} layers packed)")
+    print(f"a log-prob pass over the {len(rows)} candidates (the base's, from round 2 on): {lp_wall:.1f}s "
+          f"({lp_unpacked:.1f}s without packed layers)")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     return 0

@@ -24,6 +24,7 @@ from transformers.cache_utils import StaticLayer
 
 from rlaif.chat import position_ids
 
+PREFILL_WASTE = 0.25  # a prefill group's padding, at most this share of its prompts' tokens
 COMPACT = 0.125  # drop finished rows once they are this share of the batch (each drop copies the kept rows' cache)
 
 
@@ -31,23 +32,55 @@ def shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor, k: int, max_new
     """The key/value cache of every prompt but its last token, computed once and repeated for its K samples,
     in a static cache (preallocated for the whole generation).
 
-    :func:`decode` continues from this cache with the prompts' last tokens. A model whose layers are not
-    all plain attention (sliding windows, recurrent state) keeps the cache type it prefilled with, repeated.
-    None (the whole prompts go through the first decoding step) for one-token prompts.
+    :func:`decode` continues from this cache with the prompts' last tokens. The prompts run in groups of
+    similar length (:func:`length_groups`), each padded only to its own longest prompt; their keys and values
+    land right-aligned in the batch's left-padded layout (the padding columns stay zero and masked). A model
+    whose layers are not all plain attention (sliding windows, recurrent state) runs the batch as it comes
+    and keeps the cache type it prefilled with, repeated. None (the whole prompts go through the first
+    decoding step) for one-token prompts.
     """
     if ids.shape[1] < 2:
         return None
     positions = position_ids(mask)
-    prefill = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                    use_cache=True, logits_to_keep=1).past_key_values
     if not _plain_attention(model):
+        prefill = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                        use_cache=True, logits_to_keep=1).past_key_values
         prefill.batch_repeat_interleave(k)
         return prefill
+    width, lengths = ids.shape[1] - 1, mask.sum(-1).tolist()  # width: every column but the last
+    keys = values = None
+    for rows in length_groups(lengths):
+        cols = slice(width + 1 - max(lengths[r] for r in rows), width)  # the group's longest prompt but its last token
+        if cols.start == cols.stop:
+            continue  # one-token prompts: nothing before their last token
+        idx = torch.tensor(rows, device=ids.device)
+        done = model(input_ids=ids[idx, cols], attention_mask=mask[idx, cols], position_ids=positions[idx, cols],
+                     use_cache=True, logits_to_keep=1).past_key_values
+        if keys is None:
+            keys = [x.keys.new_zeros(len(ids), x.keys.shape[1], width, x.keys.shape[3]) for x in done.layers]
+            values = [x.values.new_zeros(len(ids), x.values.shape[1], width, x.values.shape[3]) for x in done.layers]
+        for key, value, layer in zip(keys, values, done.layers):
+            key[idx, :, cols], value[idx, :, cols] = layer.keys, layer.values
     cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + max_new_tokens)
     cache.layers = [FilledLayer(layer.max_cache_len) for layer in cache.layers]
-    for layer, done in zip(cache.layers, prefill.layers):
-        layer.update(done.keys.repeat_interleave(k, dim=0), done.values.repeat_interleave(k, dim=0))
+    for layer, key, value in zip(cache.layers, keys, values):
+        layer.update(key.repeat_interleave(k, dim=0), value.repeat_interleave(k, dim=0))
     return cache
+
+
+def length_groups(lengths: list[int], waste: float = PREFILL_WASTE) -> list[list[int]]:
+    """Indices of ``lengths`` in groups of similar length: sorted by length, a group grows while padding its
+    prompts to its longest would add at most ``waste`` of their own tokens."""
+    groups: list[list[int]] = []
+    total = 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if groups and (len(groups[-1]) + 1) * lengths[i] <= (1 + waste) * (total + lengths[i]):
+            groups[-1].append(i)
+            total += lengths[i]
+        else:
+            groups.append([i])
+            total = lengths[i]
+    return groups
 
 
 class FilledLayer(StaticLayer):

@@ -87,6 +87,40 @@ def test_each_prompt_is_prefilled_once_for_its_k_samples(tiny, monkeypatch):
     assert cache.layers[0].keys.shape[2] == width + 5  # room for the last prompt token and every new one
 
 
+def test_prompts_of_different_lengths_are_prefilled_in_groups_with_the_same_samples(tiny, monkeypatch):
+    """A long prompt gets its own prefill pass instead of padding the short ones to its length; the samples
+    are those of one padded pass."""
+    model, tok = tiny
+    prompts = PROMPTS + [{"id": "c", "prompt": "Tell me about " + "rain and snow, " * 20}]
+    lengths = [len(chat.prompt_ids(tok, p["prompt"])) for p in prompts]
+    assert decoding.length_groups(lengths) == [[0, 1], [2]]
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    cfg = GenerateConfig(num_candidates=2, max_new_tokens=5, batch_size=3, temperature=1.0)
+    try:
+        grouped = generate_candidates(model, tok, prompts, cfg, seed=4)
+        prefills = [s for s in shapes if s[1] > 1]
+        monkeypatch.setattr(decoding, "length_groups", lambda lengths: [list(range(len(lengths)))])
+        shapes.clear()
+        one = generate_candidates(model, tok, prompts, cfg, seed=4)
+    finally:
+        hook.remove()
+    assert prefills == [(2, max(lengths[:2]) - 1), (1, lengths[2] - 1)]
+    assert [s for s in shapes if s[1] > 1] == [(3, max(lengths) - 1)]
+    assert [r["token_ids"] for r in grouped] == [r["token_ids"] for r in one]
+    assert [r["logp"] for r in grouped] == pytest.approx([r["logp"] for r in one], abs=1e-4)
+
+
+def test_length_groups_bound_the_padding():
+    lengths = [45, 37, 91, 39, 53, 40, 90, 42]
+    groups = decoding.length_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert groups == [[1, 3, 5, 7, 0, 4], [6, 2]]
+    for g in groups:
+        assert len(g) * max(lengths[i] for i in g) <= 1.25 * sum(lengths[i] for i in g)
+    assert decoding.length_groups([5]) == [[0]] and decoding.length_groups([]) == []
+
+
 def test_sample_logprobs_are_padding_invariant(tiny):
     model, tok = tiny
     prompts = ["hi", "a much longer prompt that needs padding in a batch"]

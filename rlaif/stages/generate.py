@@ -47,6 +47,7 @@ from rlaif.chat import left_pad
 from rlaif.config import GenerateConfig
 from rlaif.decoding import decode, shared_prefill
 from rlaif.distributed import gather, rank_log, share, split
+from rlaif.packed import packed_linears
 from rlaif.run import RunContext, say
 from rlaif.rundir import read_jsonl, sha256_dir, write_jsonl
 from rlaif.sampling import LogprobTap, RowRepetitionPenalty, RowSampler, TopP
@@ -96,38 +97,42 @@ def generate_candidates(model, tokenizer, prompts: list[dict], cfg: GenerateConf
     repetition penalty, without the top-k/top-p cut (what :func:`sample_logprobs` computes with a second
     forward pass), taken from the scores generation already computed (:class:`rlaif.sampling.LogprobTap`).
     """
-    stop = eos_ids(model, tokenizer)
-    rows = []
+    stop, rows = eos_ids(model, tokenizer), []
     bar = tqdm(total=len(prompts) * cfg.num_candidates, desc="generate", unit="cand")
-    for b in range(0, len(prompts), cfg.batch_size):
-        batch = prompts[b : b + cfg.batch_size]
-        ids, mask, pads = left_pad([chat.prompt_ids(tokenizer, p["prompt"]) for p in batch], tokenizer.pad_token_id, model.device)
-        k = cfg.num_candidates
-        seeds = [derive_seed(seed, "generate", p["id"], c) for p in batch for c in range(k)]
-        tap = LogprobTap(stop)  # sums each row's log-probabilities of its drawn tokens: the KL's distribution
-        processors = sampling_processors(cfg, pads.repeat_interleave(k), tap=tap)
-        processors.append(RowSampler(seeds, tap, nucleus=_top_p(processors)))  # draws: the row's maximum
-        out = decode(model, ids.repeat_interleave(k, dim=0), mask.repeat_interleave(k, dim=0),
-                     shared_prefill(model, ids, mask, k, cfg.max_new_tokens), processors, stop, cfg.max_new_tokens,
-                     tokenizer.pad_token_id)
-        new, logps = out.tolist(), tap.totals.tolist()
-        for s, tokens in enumerate(new):
-            prompt = batch[s // cfg.num_candidates]
-            end = next((i for i, t in enumerate(tokens) if t in stop), None)
-            kept = tokens if end is None else tokens[:end]
-            rows.append(
-                {
-                    "prompt_id": prompt["id"],
-                    "candidate": s % cfg.num_candidates,
-                    "text": tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                    "num_tokens": len(kept),
-                    "truncated": end is None,
-                    "token_ids": tokens if end is None else tokens[: end + 1],  # as sampled: the stop token if any
-                    "logp": logps[s],  # of token_ids, under the model that drew them (no top-k/top-p cut)
-                }
-            )
-        bar.update(len(new))
+    with packed_linears(model, rows=cfg.batch_size * cfg.num_candidates):  # faster on a CPU in float32
+        for b in range(0, len(prompts), cfg.batch_size):
+            rows += _candidates(model, tokenizer, prompts[b : b + cfg.batch_size], cfg, seed, stop)
+            bar.update(len(prompts[b : b + cfg.batch_size]) * cfg.num_candidates)
     bar.close()
+    return rows
+
+
+def _candidates(model, tokenizer, batch: list[dict], cfg: GenerateConfig, seed: int, stop: set[int]) -> list[dict]:
+    """:func:`generate_candidates`' rows for one batch of prompts."""
+    ids, mask, pads = left_pad([chat.prompt_ids(tokenizer, p["prompt"]) for p in batch], tokenizer.pad_token_id, model.device)
+    k = cfg.num_candidates
+    seeds = [derive_seed(seed, "generate", p["id"], c) for p in batch for c in range(k)]
+    tap = LogprobTap(stop)  # sums each row's log-probabilities of its drawn tokens: the KL's distribution
+    processors = sampling_processors(cfg, pads.repeat_interleave(k), tap=tap)
+    processors.append(RowSampler(seeds, tap, nucleus=_top_p(processors)))  # draws: the row's maximum
+    out = decode(model, ids.repeat_interleave(k, dim=0), mask.repeat_interleave(k, dim=0),
+                 shared_prefill(model, ids, mask, k, cfg.max_new_tokens), processors, stop, cfg.max_new_tokens,
+                 tokenizer.pad_token_id)
+    rows = []
+    for s, (tokens, logp) in enumerate(zip(out.tolist(), tap.totals.tolist())):
+        end = next((i for i, t in enumerate(tokens) if t in stop), None)
+        kept = tokens if end is None else tokens[:end]
+        rows.append(
+            {
+                "prompt_id": batch[s // k]["id"],
+                "candidate": s % k,
+                "text": tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                "num_tokens": len(kept),
+                "truncated": end is None,
+                "token_ids": tokens if end is None else tokens[: end + 1],  # as sampled: the stop token if any
+                "logp": logp,  # of token_ids, under the model that drew them (no top-k/top-p cut)
+            }
+        )
     return rows
 
 
@@ -141,6 +146,11 @@ def sequence_logprobs(model, prompts: list[list[int]], sequences: list[list[int]
     sequence starts in the same column and the vocabulary projection runs only over the last
     ``longest sequence + 1`` positions.
     """
+    with packed_linears(model):
+        return _sequence_logprobs(model, prompts, sequences, cfg, batch_size, truncate)
+
+
+def _sequence_logprobs(model, prompts, sequences, cfg, batch_size, truncate) -> list[float]:
     out = []
     for b in range(0, len(sequences), batch_size):
         ps, ss = prompts[b : b + batch_size], sequences[b : b + batch_size]
