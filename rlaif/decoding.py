@@ -28,9 +28,12 @@ PREFILL_WASTE = 0.25  # a prefill group's padding, at most this share of its pro
 COMPACT = 0.125  # drop finished rows once they are this share of the batch (each drop copies the kept rows' cache)
 
 
-def shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor, k: int, max_new_tokens: int):
+def shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor, k: int | torch.Tensor, max_new_tokens: int):
     """The key/value cache of every prompt but its last token, computed once and repeated for its K samples,
     in a static cache (preallocated for the whole generation).
+
+    ``k``: each prompt's number of samples (rows come prompt by prompt), or the prompt of each row (indices
+    into ``ids``; rows of one prompt need not be adjacent).
 
     :func:`decode` continues from this cache with the prompts' last tokens. The prompts run in groups of
     similar length (:func:`length_groups`), each padded only to its own longest prompt; their keys and values
@@ -45,8 +48,9 @@ def shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor, k: int, max_new
     if not _plain_attention(model):
         prefill = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
                         use_cache=True, logits_to_keep=1).past_key_values
-        prefill.batch_repeat_interleave(k)
+        prefill.batch_repeat_interleave(k) if isinstance(k, int) else prefill.batch_select_indices(k)
         return prefill
+    prompt_of = torch.arange(len(ids), device=ids.device).repeat_interleave(k) if isinstance(k, int) else k
     width, lengths = ids.shape[1] - 1, mask.sum(-1).tolist()  # width: every column but the last
     keys = values = None
     for rows in length_groups(lengths):
@@ -64,7 +68,7 @@ def shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor, k: int, max_new
     cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + max_new_tokens)
     cache.layers = [FilledLayer(layer.max_cache_len) for layer in cache.layers]
     for layer, key, value in zip(cache.layers, keys, values):
-        layer.update(key.repeat_interleave(k, dim=0), value.repeat_interleave(k, dim=0))
+        layer.update(key[prompt_of], value[prompt_of])
     return cache
 
 

@@ -111,6 +111,32 @@ def test_prompts_of_different_lengths_are_prefilled_in_groups_with_the_same_samp
     assert [r["logp"] for r in grouped] == pytest.approx([r["logp"] for r in one], abs=1e-4)
 
 
+def test_sample_logprobs_prefill_each_distinct_prompt_once_with_the_plain_paths_numbers(tiny, monkeypatch):
+    """Rows that share a prompt (a prompt's K samples, adjacent or not) continue from one prefill of it."""
+    model, tok = tiny
+    texts = ["Say hello.", "Explain rain to a child in one sentence please.", "Say hello.", "Say hello."]
+    seqs = [tok(t, add_special_tokens=False)["input_ids"] for t in ["hi there", "clouds get heavy", "hey", "hello to you all"]]
+    seqs[1] = seqs[1] + [tok.eos_token_id]
+    cfg = GenerateConfig(temperature=0.7, repetition_penalty=1.2)
+    fed = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: fed.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    try:
+        shared = sample_logprobs(model, tok, texts, seqs, cfg, batch_size=4)
+        shared_fed = list(fed)
+        fed.clear()
+        monkeypatch.setattr(generate, "shared_prefill", lambda *a: None)
+        plain = sample_logprobs(model, tok, texts, seqs, cfg, batch_size=4)
+    finally:
+        hook.remove()
+    assert shared == pytest.approx(plain, abs=1e-4)
+    widths = [len(chat.prompt_ids(tok, t)) for t in texts[:2]]
+    steps = max(map(len, seqs))
+    assert fed == [(4, max(widths) + steps)]  # the plain path: every row its whole prompt
+    prefill = sum(len(g) * (max(widths[i] for i in g) - 1) for g in decoding.length_groups(widths))
+    assert sum(r * c for r, c in shared_fed) == prefill + 4 * (steps + 1)  # 2 prompts prefilled, not 4
+    assert shared_fed[-1] == (4, steps + 1)  # the continuation: last prompt token and the sequence
+
+
 def test_length_groups_bound_the_padding():
     lengths = [45, 37, 91, 39, 53, 40, 90, 42]
     groups = decoding.length_groups(lengths)

@@ -143,8 +143,10 @@ def sequence_logprobs(model, prompts: list[list[int]], sequences: list[list[int]
 
     Every sampled token counts (the stop token too, when the sample ended with one); nothing is
     appended. Rows are left-padded to a common prompt width with explicit position ids, so every
-    sequence starts in the same column and the vocabulary projection runs only over the last
-    ``longest sequence + 1`` positions.
+    sequence starts in the same column, and the vocabulary projection runs only over the last
+    ``longest sequence + 1`` positions. Within a batch each distinct prompt is prefilled once
+    (:func:`rlaif.decoding.shared_prefill`), and its rows continue from that cache: the K samples of a prompt
+    do not each recompute it.
     """
     with packed_linears(model):
         return _sequence_logprobs(model, prompts, sequences, cfg, batch_size, truncate)
@@ -163,7 +165,15 @@ def _sequence_logprobs(model, prompts, sequences, cfg, batch_size, truncate) -> 
         for r, s in enumerate(ss):  # the right padding after a short sequence is not attended to
             mask[r, mask.shape[1] - (steps - len(s)) :] = 0
         positions = chat.position_ids(mask)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=steps + 1).logits
+        distinct = list(dict.fromkeys(map(tuple, ps)))  # a prompt's samples share one prefill of it
+        prompt_ids, prompt_mask, _ = left_pad([list(p) for p in distinct], 0, model.device)
+        which = torch.tensor([distinct.index(tuple(p)) for p in ps], device=model.device)
+        cache = shared_prefill(model, prompt_ids, prompt_mask, which, steps)
+        if cache is None:  # one-token prompts: nothing to prefill
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=steps + 1).logits
+        else:  # the prompts' last tokens and the sequences, after their cached prefixes
+            logits = model(input_ids=ids[:, width - 1 :], attention_mask=mask, position_ids=positions[:, width - 1 :],
+                           cache=cache, use_cache=True).logits
         processors = sampling_processors(cfg, pads, truncate)
         lens = torch.tensor([len(s) for s in ss], device=model.device)
         total = torch.zeros(len(ss), dtype=torch.float64, device=model.device)
