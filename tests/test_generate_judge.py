@@ -135,6 +135,9 @@ def test_sample_logprobs_prefill_each_distinct_prompt_once_with_the_plain_paths_
     prefill = sum(len(g) * (max(widths[i] for i in g) - 1) for g in decoding.length_groups(widths))
     assert sum(r * c for r, c in shared_fed) == prefill + 4 * (steps + 1)  # 2 prompts prefilled, not 4
     assert shared_fed[-1] == (4, steps + 1)  # the continuation: last prompt token and the sequence
+    monkeypatch.undo()
+    monkeypatch.setattr(decoding, "_plain_attention", lambda m: False)  # a model's own cache type, rows selected
+    assert sample_logprobs(model, tok, texts, seqs, cfg, batch_size=4) == pytest.approx(plain, abs=1e-4)
 
 
 def test_length_groups_bound_the_padding():
