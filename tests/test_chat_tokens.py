@@ -158,6 +158,7 @@ def test_generation_and_scoring_ids_keep_content_as_text(tiny, monkeypatch):
         generate_candidates(model, tok, prompts, cfg, seed=0)
         monkeypatch.undo()
         monkeypatch.setattr(model, "forward", recorder(type(model).forward.__get__(model), scored))
+        monkeypatch.setattr(generate, "shared_prefill", lambda *a: None)  # whole rows in one call: what the ids are
         sample_logprobs(model, tok, [p["prompt"] for p in prompts], [sample] * len(prompts), cfg, batch_size=64)
         monkeypatch.undo()
         got[column] = generated[0] + scored[0]

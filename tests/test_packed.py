@@ -82,6 +82,15 @@ def test_nothing_is_packed_when_it_would_not_fit_or_is_not_cpu_float32(tiny, mon
         assert n == 0
 
 
+def test_the_probe_draws_nothing_from_the_global_random_stream():
+    """A resumed run probes at another point than the unbroken one; a draw there would change its samples."""
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    torch.manual_seed(0)
+    assert packed.supported.__wrapped__()
+    assert torch.equal(torch.rand(3), want)
+
+
 def test_available_memory_reads_meminfo(tmp_path):
     f = tmp_path / "meminfo"
     f.write_text("MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\n")
