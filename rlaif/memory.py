@@ -22,9 +22,8 @@ sum of:
   a tile costs about 8 float32 copies at its peak (measured: 2.1 GiB for 2048 tokens × 32768 entries), so
   ``min(tokens, 4096) × min(vocab, 32768) × 4 bytes × 8``. Tokens are rows × ``max_length``; DPO rows are the
   chosen and the rejected answer of each pair (2 × per_device_train_batch_size);
-- **packed** weights on a CPU, where the policy samples or the judge reads in float32: a second copy of the
-  linear layers' weights while they run (:mod:`rlaif.packed`), counted as all parameters in float32 (at
-  most that);
+- **packed** weights of generation on a CPU in float32: a second copy of the linear layers' weights while
+  the policy samples and scores (:mod:`rlaif.packed`), counted as all parameters (at most that);
 - **KV cache** of generation: rows × (prompt + new tokens) × layers × 2 × kv_dim in the run's dtype;
 - **runtime**: what the process holds before any model (Python, PyTorch, transformers, TRL): 0.5 GiB,
   measured as the resident size after importing rlaif on the CPU (0.46 GiB). On a GPU the CUDA context
@@ -149,8 +148,7 @@ def estimate(recipe: Recipe, s: Sizes | None = None) -> list[Estimate]:
     dtype = resolve_dtype(recipe.model.dtype, device)[0]
     width = torch.finfo(DTYPES[dtype]).bits // 8
     weights = s.params * width
-    fp32_reader = dtype == "float32" or recipe.judge.dtype == "float32"  # the policy sampling, or the judge reading
-    packed = s.params * 4 if device.type == "cpu" and fp32_reader else 0  # rlaif.packed's copy while they run
+    packed = weights if device.type == "cpu" and dtype == "float32" else 0  # rlaif.packed's copy while sampling
     method = recipe.train.method
     with tempfile.TemporaryDirectory() as tmp:
         args = build_trl_config(recipe, method, Path(tmp))
@@ -178,7 +176,7 @@ def estimate(recipe: Recipe, s: Sizes | None = None) -> list[Estimate]:
         judge_copy = weights if not (recipe.judge.model == "policy" and recipe.train.rl_judge == "live") else 0
         tokens = args.per_device_train_batch_size * length
         out.append(Estimate("train", {
-            "runtime": RUNTIME_BYTES, "weights": weights + judge_copy, "packed": packed, "adapter": adapter,
+            "runtime": RUNTIME_BYTES, "weights": weights + judge_copy, "adapter": adapter,
             "kv_cache": local * length * s.layers * 2 * s.kv_dim * width,
             "activations": activation_bytes(s, tokens, width, args.gradient_checkpointing),
             "logits": logit_bytes(s, tokens),

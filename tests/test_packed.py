@@ -7,8 +7,6 @@ import torch
 
 from rlaif import packed
 from rlaif.config import GenerateConfig
-from rlaif.judging.constitution import load_constitution
-from rlaif.judging.judges import PointwiseJudge
 from rlaif.models import load_model, load_tokenizer
 from rlaif.packed import packed_linears
 from rlaif.stages import generate
@@ -116,15 +114,13 @@ def spy(monkeypatch, module):
     yield seen
 
 
-def test_generation_scoring_and_judging_run_packed_with_the_same_results(tiny, monkeypatch):
+def test_generation_and_scoring_run_packed_with_the_same_results(tiny, monkeypatch):
     model, tok = tiny
     cfg = GenerateConfig(num_candidates=3, max_new_tokens=8, batch_size=2, temperature=1.0, top_p=0.9)
     with monkeypatch.context() as m:
         m.setattr(packed, "supported", lambda: False)
         rows = generate_candidates(model, tok, PROMPTS, cfg, seed=3)
         lps = sample_logprobs(model, tok, ["Say hello."] * 3, [r["token_ids"] for r in rows[:3]], cfg)
-        judge = PointwiseJudge(model, tok, load_constitution("default"), batch_size=2)
-        verdicts = judge([("Say hello.", "Hello!"), ("Say hello.", "no")])
     n = len(linears(model))
     with spy(monkeypatch, generate) as seen:
         again = generate_candidates(model, tok, PROMPTS, cfg, seed=3)
@@ -133,10 +129,3 @@ def test_generation_scoring_and_judging_run_packed_with_the_same_results(tiny, m
         assert [r["logp"] for r in again] == pytest.approx([r["logp"] for r in rows], abs=1e-4)
         assert sample_logprobs(model, tok, ["Say hello."] * 3, [r["token_ids"] for r in rows[:3]], cfg) == pytest.approx(lps, abs=1e-4)
         assert seen == [n, n]
-    from rlaif.judging import judges
-
-    with spy(monkeypatch, judges) as seen:
-        judge = PointwiseJudge(model, tok, load_constitution("default"), batch_size=2)
-        scored = judge([("Say hello.", "Hello!"), ("Say hello.", "no")])
-        assert seen and all(k == n for k in seen)
-    assert [v["score"] for v in scored] == pytest.approx([v["score"] for v in verdicts], abs=1e-4)

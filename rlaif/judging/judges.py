@@ -48,7 +48,6 @@ from rlaif.judging.verdicts import (
     pick_principle,
     pointwise_p,
 )
-from rlaif.packed import packed_linears
 
 
 class _ModelReader:
@@ -191,11 +190,6 @@ def read_labels(judge, texts: list[str], groups: list, label_ids: list[int], sto
 
     ``texts`` are views built with :func:`rlaif.chat.render`; a generated critique is model text, marked too.
     """
-    with torch.no_grad(), packed_linears(judge.model):  # rlaif.packed: faster on a CPU in float32
-        return _read_labels(judge, texts, groups, label_ids, store)
-
-
-def _read_labels(judge, texts, groups, label_ids, store) -> tuple[torch.Tensor, list[str]]:
     critiques: list[str] = []
     if judge.critique:
         critiques = [trim_critique(t) for t in greedy_generate(judge.model, judge.tokenizer, texts, judge.critique_tokens, judge.batch_size)]
