@@ -52,7 +52,10 @@ def shared_prefill(model, ids: torch.Tensor, mask: torch.Tensor, k: int | torch.
     if not _plain_attention(model):
         prefill = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
                         use_cache=True, logits_to_keep=1).past_key_values
-        prefill.batch_repeat_interleave(k) if isinstance(k, int) else prefill.batch_select_indices(k)
+        if isinstance(k, int):
+            prefill.batch_repeat_interleave(k)
+        else:
+            prefill.batch_select_indices(k)
         return prefill
     prompt_of = torch.arange(len(ids), device=ids.device).repeat_interleave(k) if isinstance(k, int) else k
     width, lengths = ids.shape[1] - 1, mask.sum(-1).tolist()  # width: every column but the last
